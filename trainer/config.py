@@ -1,0 +1,184 @@
+"""Hyperparameters, read from environment variables as the challenge's scripts do.
+
+Every field is set by the upper-cased environment variable of the same name
+(``num_layers`` <- ``NUM_LAYERS``). ``PRESET`` picks a named set of defaults first
+(``record``, the default; ``tiny`` for CPU; ``baseline`` for the challenge's naive
+baseline); explicit variables always win over the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Hyperparameters:
+    # --- run / io -------------------------------------------------------------------------
+    preset: str = "record"
+    run_id: str = "run"
+    seed: int = 42
+    data_path: str = "./data/datasets/fineweb10B_sp8192"
+    tokenizer_path: str = "./data/tokenizers/fineweb_8192_bpe.model"
+    output_dir: str = "."  # where the log and the artifact go
+    vocab_size: int = 8192
+    eval_only: bool = False  # EVAL_ONLY=1: load ARTIFACT, run the final evaluation only
+    artifact: str = ""  # path of the compressed model (default: OUTPUT_DIR/final_model.<run_id>.ptz)
+    compile: bool = True  # torch.compile where it helps (ignored on CPU)
+    artifact_limit_bytes: int = 16_000_000  # decimal: code + compressed model
+
+    # --- model ----------------------------------------------------------------------------
+    num_layers: int = 11
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 4.0
+    mlp_act: str = "leaky_relu2"  # leaky_relu2 (LeakyReLU(0.5)^2) | relu2 (baseline)
+    rope_dims: int = 16  # partial RoPE: rotary on the first ROPE_DIMS of each head
+    rope_base: float = 10000.0
+    qk_gain_init: float = 5.25
+    logit_softcap: float = 30.0
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    ln_scale: bool = True  # layerwise norm scale 1/sqrt(layer+1)
+    skip_gates: bool = True  # U-Net skips with sigmoid gates
+    xsa_last_n: int = 11  # exclusive self-attention on the last N layers (11 = all)
+    loop_start: int = 3  # depth recurrence: layers [loop_start, loop_end] ...
+    loop_end: int = 5
+    num_loops: int = 1  # ... are run this many extra times once switched on
+    enable_looping_at: float = 0.35  # fraction of training after which recurrence is on
+    parallel_start_layer: int = 7  # GPT-J parallel residuals from this layer (-1 = off)
+    # options from newer work, each off by default
+    shared_specific_dims: int = 0  # shared-specific attention: dims of Q/K shared across heads
+    gated_attn: bool = False  # headwise sigmoid gate after attention
+    smear_gate: bool = False  # SmearGate: mix each token embedding with the previous one
+    bigram_hash_buckets: int = 0  # BigramHash embedding buckets (0 = off)
+    bigram_hash_dim: int = 128
+
+    # --- training -------------------------------------------------------------------------
+    train_seq_len: int = 2048
+    train_batch_tokens: int = 786_432  # global batch, the same for any number of GPUs
+    grad_accum_steps: int = 0  # 0 = 8 // world_size, as the record does
+    iterations: int = 20000
+    warmup_steps: int = 20  # compile/warm-up steps, reset afterwards (not counted)
+    warmdown_frac: float = 0.72  # linear decay to 0 over the final fraction of training
+    max_wallclock_seconds: float = 600.0  # 0 = no cap
+    gptq_reserve_seconds: float = 12.0  # held back from the cap for quantization
+    train_log_every: int = 500
+    val_loss_every: int = 4000  # 0 = only at the end
+    optimizer: str = "muoneq"  # muoneq (MuonEq-R + AdamW) | baseline (Muon + Adam, as the naive script)
+    matrix_lr: float = 0.022
+    scalar_lr: float = 0.02
+    tied_embed_lr: float = 0.03
+    embed_lr: float = 0.6  # untied input embedding
+    head_lr: float = 0.008  # untied output head
+    muon_momentum: float = 0.99
+    muon_momentum_warmup_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_backend_steps: int = 5
+    muon_row_normalize: bool = True
+    muon_wd: float = 0.095
+    embed_wd: float = 0.085
+    adam_wd: float = 0.02
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.3
+    ema_decay: float = 0.9965  # 0 = no EMA
+
+    # --- quantization / artifact ----------------------------------------------------------
+    matrix_bits: int = 6
+    mlp_bits: int = 6  # 5 = int5 MLP matrices
+    embed_bits: int = 8
+    matrix_clip_sigmas: float = 12.85
+    mlp_clip_sigmas: float = 12.85
+    embed_clip_sigmas: float = 20.0
+    fp16_tensors: str = ""  # comma-separated name patterns kept in fp16
+    gptq: bool = True  # False = round-to-nearest
+    gptq_calibration_batches: int = 64
+    gptq_block_size: int = 128
+    gptq_damp: float = 0.01
+    compressor: str = "brotli"  # brotli | zstd | auto (smaller of the two, recorded in the file)
+
+    # --- evaluation -----------------------------------------------------------------------
+    eval_seq_len: int = 2048
+    eval_stride: int = 64
+    eval_batch_seqs: int = 32
+    sliding_window: bool = True
+    ttt_enabled: bool = True
+    ttt_lr: float = 0.005
+    ttt_momentum: float = 0.9
+    ttt_epochs: int = 3
+    ttt_chunk_tokens: int = 32768
+    ttt_grad_clip: float = 1.0
+    ttt_batch_seqs: int = 32
+    val_max_tokens: int = 0  # 0 = the whole validation split (benchmarks may cap it)
+
+    # filled in at run time, not from the environment
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Hyperparameters:
+        """Build from ``env`` (default ``os.environ``): preset first, then explicit variables."""
+        env = dict(os.environ if env is None else env)
+        preset = env.get("PRESET", "record")
+        if preset not in PRESETS:
+            raise ValueError(f"PRESET={preset!r}: unknown preset (known: {', '.join(sorted(PRESETS))})")
+        h = cls(preset=preset, **PRESETS[preset])
+        for f in dataclasses.fields(cls):
+            if f.name in ("extra", "preset"):
+                continue
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            setattr(h, f.name, _parse(f.name, raw, type(getattr(h, f.name))))
+        return h
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+
+
+def _parse(name: str, raw: str, kind: type):
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name.upper()}={raw!r}: expected {kind.__name__}") from None
+
+
+PRESETS: dict[str, dict] = {
+    # the published 1.0810 record's configuration (the dataclass defaults)
+    "record": {},
+    # seconds on a CPU: the demo and the tests
+    "tiny": dict(
+        num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
+        loop_start=1, loop_end=2, parallel_start_layer=2, xsa_last_n=4,
+        train_seq_len=128, train_batch_tokens=4096, grad_accum_steps=1, iterations=60,
+        warmup_steps=0, max_wallclock_seconds=0.0, gptq_reserve_seconds=0.0,
+        train_log_every=10, val_loss_every=0, muon_momentum_warmup_steps=10,
+        eval_seq_len=128, eval_stride=32, eval_batch_seqs=8, ttt_chunk_tokens=2048,
+        ttt_epochs=1, ttt_batch_seqs=8, gptq_calibration_batches=4, compile=False,
+        vocab_size=1024, ema_decay=0.99,
+    ),
+    # the challenge's naive baseline (train_gpt.py as first published), as a preset of ours
+    "baseline": dict(
+        num_layers=9, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2.0,
+        mlp_act="relu2", rope_dims=64, qk_gain_init=1.5, ln_scale=False, skip_gates=False,
+        xsa_last_n=0, num_loops=0, parallel_start_layer=-1, vocab_size=1024,
+        tied_embed_init_std=0.005, train_seq_len=1024, train_batch_tokens=524_288,
+        warmdown_frac=0.0, optimizer="baseline", matrix_lr=0.04, scalar_lr=0.04,
+        tied_embed_lr=0.05, muon_momentum=0.95, muon_momentum_warmup_start=0.85,
+        muon_momentum_warmup_steps=500, muon_row_normalize=False, muon_wd=0.0,
+        embed_wd=0.0, adam_wd=0.0, grad_clip_norm=0.0, ema_decay=0.0,
+        data_path="./data/datasets/fineweb10B_sp1024",
+        tokenizer_path="./data/tokenizers/fineweb_1024_bpe.model",
+        eval_seq_len=1024, sliding_window=False, ttt_enabled=False,
+    ),
+}
