@@ -24,8 +24,9 @@ class Hyperparameters:
     output_dir: str = "."  # where the log and the artifact go
     vocab_size: int = 8192
     eval_only: bool = False  # EVAL_ONLY=1: load ARTIFACT, run the final evaluation only
-    artifact: str = ""  # path of the compressed model (default: OUTPUT_DIR/final_model.<run_id>.ptz)
+    artifact: str = ""  # path of the compressed model (default: OUTPUT_DIR/<run_id>.ptz)
     compile: bool = True  # torch.compile where it helps (ignored on CPU)
+    allow_cpu: bool = False  # ALLOW_CPU=1: run a non-tiny preset without a GPU (slow; tests)
     artifact_limit_bytes: int = 16_000_000  # decimal: code + compressed model
 
     # --- model ----------------------------------------------------------------------------
@@ -46,7 +47,7 @@ class Hyperparameters:
     xsa_last_n: int = 11  # exclusive self-attention on the last N layers (11 = all)
     loop_start: int = 3  # depth recurrence: layers [loop_start, loop_end] ...
     loop_end: int = 5
-    num_loops: int = 1  # ... are run this many extra times once switched on
+    num_loops: int = 2  # ... are run this many extra times once switched on (11 + 2*3 = 17 virtual)
     enable_looping_at: float = 0.35  # fraction of training after which recurrence is on
     parallel_start_layer: int = 7  # GPT-J parallel residuals from this layer (-1 = off)
     # options from newer work, each off by default
@@ -99,6 +100,7 @@ class Hyperparameters:
     gptq_calibration_batches: int = 64
     gptq_block_size: int = 128
     gptq_damp: float = 0.01
+    gptq_act_order: bool = True  # quantize columns in order of decreasing Hessian diagonal
     compressor: str = "brotli"  # brotli | zstd | auto (smaller of the two, recorded in the file)
 
     # --- evaluation -----------------------------------------------------------------------
@@ -113,6 +115,7 @@ class Hyperparameters:
     ttt_chunk_tokens: int = 32768
     ttt_grad_clip: float = 1.0
     ttt_batch_seqs: int = 32
+    prequant_eval: bool = True  # diagnostic eval of the EMA model before quantization
     val_max_tokens: int = 0  # 0 = the whole validation split (benchmarks may cap it)
 
     # filled in at run time, not from the environment
@@ -173,7 +176,7 @@ PRESETS: dict[str, dict] = {
         mlp_act="relu2", rope_dims=64, qk_gain_init=1.5, ln_scale=False, skip_gates=False,
         xsa_last_n=0, num_loops=0, parallel_start_layer=-1, vocab_size=1024,
         tied_embed_init_std=0.005, train_seq_len=1024, train_batch_tokens=524_288,
-        warmdown_frac=0.0, optimizer="baseline", matrix_lr=0.04, scalar_lr=0.04,
+        warmdown_frac=0.09, optimizer="baseline", matrix_lr=0.04, scalar_lr=0.04,
         tied_embed_lr=0.05, muon_momentum=0.95, muon_momentum_warmup_start=0.85,
         muon_momentum_warmup_steps=500, muon_row_normalize=False, muon_wd=0.0,
         embed_wd=0.0, adam_wd=0.0, grad_clip_norm=0.0, ema_decay=0.0,

@@ -1,0 +1,118 @@
+"""After training (trainer/final.py via trainer/main.py): artifact, byte accounting, the final
+evaluation phases from the file, EVAL_ONLY=1 reproduction without training data, and bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgolf.corpus import pydoc_topic_documents
+from pgolf.dataset import build_dataset
+from trainer.runlog import parse_json_lines
+
+REPO = str(Path(__file__).resolve().parents[1])
+V = 512
+RUN_ENV = {"PRESET": "tiny", "VOCAB_SIZE": str(V), "MODEL_DIM": "32", "ITERATIONS": "8",
+           "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "512", "EVAL_SEQ_LEN": "64", "EVAL_STRIDE": "32",
+           "TTT_CHUNK_TOKENS": "512", "VAL_MAX_TOKENS": "3000", "GPTQ_CALIBRATION_BATCHES": "2"}
+
+
+def trainer(env_over: dict, out: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PRESET")}
+    env.update({"OUTPUT_DIR": str(out), "RUN_ID": "t", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
+    env.update(RUN_ENV)
+    env.update(env_over)
+    return subprocess.run([sys.executable, "-m", "trainer"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def events_of(log: Path, kind: str) -> list[dict]:
+    return [e for e in parse_json_lines(log.read_text()) if e["event"] == kind]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    info = build_dataset(pydoc_topic_documents(), root, V, val_fraction=0.1, source="test")
+    return {"DATA_PATH": info.dataset_dir, "TOKENIZER_PATH": info.tokenizer_path}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("run")
+    r = trainer(data, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_artifact_is_written_and_accounted(run):
+    (art,) = events_of(run / "t.log", "artifact")
+    path = run / "t.ptz"
+    assert art["artifact"] == "t.ptz" and path.stat().st_size == art["model_bytes"]
+    code = Path(REPO, "trainer", "__main__.py").stat().st_size  # the file being run is the counted code
+    assert art["code_bytes"] == code and art["total_bytes"] == code + art["model_bytes"]
+    assert art["headroom_bytes"] == 16_000_000 - art["total_bytes"] and art["pruned_values"] == 0
+    assert sum(art["bytes_by_class"].values()) <= art["model_bytes"]
+    text = (run / "t.log").read_text()
+    assert f"Total submission size quantized+brotli: {art['total_bytes']} bytes" in text
+
+
+def test_final_phases_score_from_the_artifact(run):
+    log = run / "t.log"
+    phases = [e["phase"] for e in events_of(log, "eval")]
+    assert phases == ["prequant_ema", "quantized", "sliding_window", "ttt"]
+    (final,) = events_of(log, "final")
+    ttt = events_of(log, "eval")[-1]
+    assert final["phase"] == "ttt" and final["val_bpb"] == ttt["val_bpb"]
+    (train_end,) = events_of(log, "train_end")
+    (art,) = events_of(log, "artifact")
+    # GPTQ calibration reads training data: its time is training time
+    assert final["train_time_ms"] == pytest.approx(train_end["train_time_ms"] + art["quant_ms"])
+    timed = [e["eval_time_ms"] for e in events_of(log, "eval")[1:]]
+    assert final["eval_time_ms"] >= sum(timed) > 0  # the diagnostic pre-quant eval is not counted
+    assert "total_eval_time:" in log.read_text()
+
+
+def test_eval_only_reproduces_without_training_data(run, data, tmp_path):
+    val_only = tmp_path / "val"
+    val_only.mkdir()
+    for p in Path(data["DATA_PATH"]).glob("fineweb_val_*.bin"):
+        shutil.copy(p, val_only)
+    # a wrong MODEL_DIM in the environment: the artifact's architecture wins
+    r = trainer({**data, "DATA_PATH": str(val_only), "EVAL_ONLY": "1", "ARTIFACT": str(run / "t.ptz"),
+                 "MODEL_DIM": "48"}, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (again,) = events_of(tmp_path / "t.log", "final")
+    (logged,) = events_of(run / "t.log", "final")
+    assert again["phase"] == "ttt" and again["train_time_ms"] is None
+    assert again["val_bpb"] == pytest.approx(logged["val_bpb"], abs=1e-6)
+    assert "model_dim=32" in (tmp_path / "t.log").read_text()
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-3000:]
+    return lines[0]
+
+
+def test_eval_only_rejects_a_corrupt_or_missing_artifact(run, data, tmp_path):
+    bad = tmp_path / "bad.ptz"
+    blob = bytearray((run / "t.ptz").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    bad.write_bytes(bytes(blob))
+    line = one_error_line(trainer({**data, "EVAL_ONLY": "1", "ARTIFACT": str(bad)}, tmp_path))
+    assert str(bad) in line and "corrupted" in line
+    line = one_error_line(trainer({**data, "EVAL_ONLY": "1", "ARTIFACT": str(tmp_path / "nope.ptz")}, tmp_path))
+    assert "nope.ptz" in line and "not found" in line
+
+
+def test_over_the_limit_fails_in_one_line_and_writes_no_artifact(data, tmp_path):
+    line = one_error_line(trainer({**data, "ARTIFACT_LIMIT_BYTES": "3000", "ITERATIONS": "2"}, tmp_path))
+    assert "limit" in line and "3000" in line
+    assert not list(tmp_path.glob("*.ptz"))
