@@ -75,7 +75,8 @@ def test_final_phases_score_from_the_artifact(run):
     assert final["train_time_ms"] == pytest.approx(train_end["train_time_ms"] + art["quant_ms"])
     timed = [e["eval_time_ms"] for e in events_of(log, "eval")[1:]]
     assert final["eval_time_ms"] >= sum(timed) > 0  # the diagnostic pre-quant eval is not counted
-    assert "total_eval_time:" in log.read_text()
+    text = log.read_text()
+    assert "total_eval_time:" in text and "ttt_progress chunk:1/" in text
 
 
 def test_eval_only_reproduces_without_training_data(run, data, tmp_path):
@@ -108,7 +109,8 @@ def test_eval_only_rejects_a_corrupt_or_missing_artifact(run, data, tmp_path):
     bad.write_bytes(bytes(blob))
     line = one_error_line(trainer({**data, "EVAL_ONLY": "1", "ARTIFACT": str(bad)}, tmp_path))
     assert str(bad) in line and "corrupted" in line
-    line = one_error_line(trainer({**data, "EVAL_ONLY": "1", "ARTIFACT": str(tmp_path / "nope.ptz")}, tmp_path))
+    missing = str(tmp_path / "nope.ptz")
+    line = one_error_line(trainer({**data, "EVAL_ONLY": "1", "ARTIFACT": missing}, tmp_path))
     assert "nope.ptz" in line and "not found" in line
 
 

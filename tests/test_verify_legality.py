@@ -109,3 +109,11 @@ def test_unpack_nested_wrappers_without_running_them():
 def test_undecodable_wrapper_is_reported():
     src = unpack_source("import zlib\nexec(zlib.decompress(b'" + "x" * 300 + "'))\n")
     assert src.layers == [] and "no payload could be decoded" in src.note
+
+
+def test_our_packed_trainer_unpacks_in_one_layer_without_a_note():
+    # the decoded trainer calls torch.compile and brotli.decompress: that alone is not a wrapper
+    from pgolf.pack import bundle_source, pack_source
+
+    src = unpack_source(pack_source(bundle_source()))
+    assert src.layers == ["b85+lzma"] and not src.note and "def main()" in src.text

@@ -96,10 +96,15 @@ def ttt_train_chunk(h, model, dist, tokens: torch.Tensor, lo: int, hi: int, opt:
     return steps
 
 
-def eval_ttt(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, recorder=None) -> EvalResult:
+def eval_ttt(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, recorder=None,
+             progress=None, train_model=None) -> EvalResult:
     """Score-first TTT evaluation (see module doc); ``recorder`` (optional) gets
     ``on_score(token_ids)`` for every scored batch and ``on_train(token_ids)`` for the tokens
-    of every gradient step, in program order (trainer/probes.py checks the order)."""
+    of every gradient step, in program order (trainer/probes.py checks the order);
+    ``progress(done_chunks, n_chunks, seconds)`` (optional) is called after every chunk.
+    ``train_model``: the module the adaptation steps run through, sharing ``model``'s parameters
+    (e.g. ``model`` is a torch.compile wrapper for scoring and ``train_model`` the eager module:
+    compiling the backward, and again for each odd-sized last batch, costs a minute each)."""
     t0 = time.perf_counter()
     device = dist.device
     tokens = val_tokens.to(device=device, dtype=torch.int64)
@@ -120,7 +125,9 @@ def eval_ttt(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, rec
             if ci < len(chunks) - 1:
                 for g in opt.param_groups:
                     g["lr"] = ttt_lr_at(h, ci, len(chunks))
-                ttt_train_chunk(h, model, dist, tokens, lo, hi, opt, params, recorder)
+                ttt_train_chunk(h, train_model or model, dist, tokens, lo, hi, opt, params, recorder)
+            if progress is not None:
+                progress(ci + 1, len(chunks), time.perf_counter() - t0)
     finally:
         opt.zero_grad(set_to_none=True)
         model.train(was_training)

@@ -112,9 +112,13 @@ def _try_blob(blob: bytes) -> tuple[str, str] | None:
     return None
 
 
+PACKED_MAX_LINES = 100  # wrappers are a few lines around one literal; a decoded trainer is thousands
+
+
 def looks_packed(text: str) -> bool:
-    """A short file that execs/evals a decoded payload."""
-    return bool(_WRAPPER_HINT.search(text)) and bool(
+    """A short file that execs/evals a decoded payload (a full source that merely calls
+    ``torch.compile`` and ``brotli.decompress`` is not one)."""
+    return text.count("\n") <= PACKED_MAX_LINES and bool(_WRAPPER_HINT.search(text)) and bool(
         re.search(r"b85decode|b64decode|a85decode|decompress", text)
     )
 
