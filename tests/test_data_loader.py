@@ -6,21 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from pgolf.shards import write_shard
 from trainer.data import (
-    HEADER_INTS,
-    SHARD_MAGIC,
-    SHARD_VERSION,
     DistributedTokenLoader,
     load_validation_tokens,
 )
-
-
-def write_shard(path, tokens) -> None:
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = (SHARD_MAGIC, SHARD_VERSION, len(tokens))
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
 
 
 @pytest.fixture

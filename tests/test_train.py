@@ -14,23 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from pgolf.shards import write_shard
 from trainer.attention import select_attention_backend
 from trainer.config import Hyperparameters
-from trainer.data import HEADER_INTS, SHARD_MAGIC, SHARD_VERSION
 from trainer.dist import DistInfo
 from trainer.runlog import RunLog, parse_json_lines
 from trainer.train import mean_loss_validator, resolve_grad_accum, run_training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 128
-
-
-def write_shard(path, tokens) -> None:
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = (SHARD_MAGIC, SHARD_VERSION, len(tokens))
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
 
 
 def markov_stream(n: int, seed: int, vocab: int = V) -> np.ndarray:

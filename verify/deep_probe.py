@@ -16,13 +16,13 @@ import sys
 def main() -> int:
     try:
         import sentencepiece as spm
-        from trainer.model import GPT
 
         from trainer.artifact import load_artifact
         from trainer.bpb import ByteCounter
         from trainer.config import Hyperparameters
         from trainer.data import load_validation_tokens
         from trainer.dist import init_distributed
+        from trainer.model import GPT
         from trainer.probes import probe_causality, probe_score_before_update
         from trainer.quant import dequantize_into
     except ImportError as e:

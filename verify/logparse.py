@@ -226,10 +226,7 @@ def _parse(text: str, s: RunSummary) -> None:
     last_train_ms: tuple[int, float] | None = None
     last_step: tuple[int, int] | None = None  # (step, iterations)
     gpus: dict[int, str] = {}
-    model_labeled: tuple[int, int] | None = None
-    model_plain: tuple[int, int] | None = None
-    total_labeled: tuple[int, int] | None = None
-    total_plain: tuple[int, int] | None = None
+    sizes: dict[tuple[str, bool], tuple[int, int]] = {}  # (model|total, labelled) -> (line, bytes)
     code_plain: tuple[int, int] | None = None
     code_compressed: tuple[int, int] | None = None
     in_hparams = False
@@ -330,21 +327,12 @@ def _parse(text: str, s: RunSummary) -> None:
             else:
                 code_plain = (no, int(m.group(2)))
             continue
-        m = _RE_MODEL.match(ln)
-        if m:
+        hit = next(((key, m) for key, rx in (("model", _RE_MODEL), ("total", _RE_TOTAL))
+                    if (m := rx.match(ln))), None)
+        if hit:  # "Serialized model ..." / "Total submission size ...": the labelled form wins
             conv_hits += 1
-            if m.group(1):
-                model_labeled = (no, int(m.group(2)))
-            else:
-                model_plain = (no, int(m.group(2)))
-            continue
-        m = _RE_TOTAL.match(ln)
-        if m:
-            conv_hits += 1
-            if m.group(1):
-                total_labeled = (no, int(m.group(2)))
-            else:
-                total_plain = (no, int(m.group(2)))
+            key, m = hit
+            sizes[key, bool(m.group(1))] = (no, int(m.group(2)))
             continue
         m = _RE_TOTAL_EVAL.match(ln)
         if m:
@@ -414,10 +402,10 @@ def _parse(text: str, s: RunSummary) -> None:
         s.lines["code_bytes"], s.code_bytes = code
     if code_plain and code_compressed:
         s.code_bytes_uncompressed = code_plain[1]
-    model = model_labeled or model_plain
+    model = sizes.get(("model", True)) or sizes.get(("model", False))
     if model:
         s.lines["model_bytes"], s.model_bytes = model
-    total = total_labeled or total_plain
+    total = sizes.get(("total", True)) or sizes.get(("total", False))
     if total:
         s.lines["total_bytes"], s.total_bytes = total
     if gpus:
