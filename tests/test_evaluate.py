@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest_eval import TinyCausalLM, cpu_dist, eval_hparams, make_sp, naive_nll, real_val_tokens
 
-from trainer.bpb import ByteCounter
+from trainer.bpb import ByteCounter, position_bytes
 from trainer.evaluate import EvalResult, eval_plain, eval_sliding, eval_window_plan
 
 
@@ -60,7 +60,7 @@ def test_plan_rejects_bad_stride():
 def test_sliding_equals_naive_per_position(model, counter, n, seq_len, stride, batch):
     tokens = real_val_tokens(600)[:n]
     h = eval_hparams(eval_seq_len=seq_len, eval_stride=stride, eval_batch_seqs=batch)
-    res = eval_sliding(h, model, cpu_dist(), tokens, counter)
+    res = eval_sliding(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
     if stride == 1:
         start = lambda k: max(0, k - seq_len)  # literally the longest allowed context
     else:
@@ -78,7 +78,8 @@ def test_sliding_equals_naive_per_position(model, counter, n, seq_len, stride, b
 def test_context_matters_so_the_comparison_can_fail(model, counter):
     """Scoring with short contexts gives a different sum, so the naive check is meaningful."""
     tokens = real_val_tokens(600)[:257]
-    res = eval_sliding(eval_hparams(eval_seq_len=32, eval_stride=8), model, cpu_dist(), tokens, counter)
+    res = eval_sliding(eval_hparams(eval_seq_len=32, eval_stride=8), model, cpu_dist(), tokens,
+                       position_bytes(counter, tokens))
     short, _ = naive_nll(model, tokens, lambda k: max(0, k - 4))
     assert abs(res.nll_sum - short) > 1e-3 * abs(short)
 
@@ -86,14 +87,14 @@ def test_context_matters_so_the_comparison_can_fail(model, counter):
 def test_plain_equals_sliding_at_full_stride_and_naive(model, counter):
     tokens = real_val_tokens(600)[:300]  # 299 targets: the last window is short
     h = eval_hparams(eval_seq_len=32, eval_stride=32, eval_batch_seqs=3)
-    plain = eval_plain(h, model, cpu_dist(), tokens, counter)
-    slide = eval_sliding(h, model, cpu_dist(), tokens, counter)
+    plain = eval_plain(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
+    slide = eval_sliding(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
     assert (plain.nll_sum, plain.tokens, plain.bytes) == (slide.nll_sum, slide.tokens, slide.bytes)
     ref, _ = naive_nll(model, tokens, lambda k: (k - 1) // 32 * 32)  # non-overlapping windows
     assert plain.nll_sum == pytest.approx(ref, rel=1e-5)
     # plain ignores EVAL_STRIDE
     h.eval_stride = 8
-    assert eval_plain(h, model, cpu_dist(), tokens, counter).nll_sum == plain.nll_sum
+    assert eval_plain(h, model, cpu_dist(), tokens, position_bytes(counter, tokens)).nll_sum == plain.nll_sum
 
 
 def test_sliding_beats_plain_on_a_context_sensitive_model(counter):
@@ -112,26 +113,28 @@ def test_sliding_beats_plain_on_a_context_sensitive_model(counter):
     m.eval()
     held = tokens[18000:]
     h = eval_hparams(eval_seq_len=32, eval_stride=4, eval_batch_seqs=16)
-    plain = eval_plain(h, m, cpu_dist(), held, counter)
-    slide = eval_sliding(h, m, cpu_dist(), held, counter)
+    plain = eval_plain(h, m, cpu_dist(), held, position_bytes(counter, held))
+    slide = eval_sliding(h, m, cpu_dist(), held, position_bytes(counter, held))
     assert slide.tokens == plain.tokens == held.numel() - 1
     assert slide.val_bpb < plain.val_bpb
 
 
 def test_batch_size_does_not_change_the_result(model, counter):
     tokens = real_val_tokens(600)[:401]
+    vb = position_bytes(counter, tokens)
     out = [eval_sliding(eval_hparams(eval_seq_len=32, eval_stride=8, eval_batch_seqs=b), model, cpu_dist(),
-                        tokens, counter).nll_sum for b in (1, 5, 64)]
+                        tokens, vb).nll_sum for b in (1, 5, 64)]
     assert out[1] == pytest.approx(out[0], rel=1e-6) and out[2] == pytest.approx(out[0], rel=1e-6)
 
 
 def test_mode_is_restored_and_no_grad(counter):
     m = TinyCausalLM().train()
     tokens = real_val_tokens(600)[:100]
-    eval_sliding(eval_hparams(), m, cpu_dist(), tokens, counter)
+    eval_sliding(eval_hparams(), m, cpu_dist(), tokens, position_bytes(counter, tokens))
     assert m.training and all(p.grad is None for p in m.parameters())
 
 
 def test_too_short_stream_is_a_clear_error(model, counter):
     with pytest.raises(ValueError, match="too short"):
-        eval_sliding(eval_hparams(), model, cpu_dist(), torch.tensor([1]), counter)
+        one = torch.tensor([1])
+        eval_sliding(eval_hparams(), model, cpu_dist(), one, position_bytes(counter, one))

@@ -148,7 +148,7 @@ def test_lr_schedule_and_progress():
 
 
 def test_muon_momentum_warmup():
-    h = Hyperparameters.from_env({})
+    h = Hyperparameters.from_env({"PRESET": "pr1493"})
     assert muon_momentum_at(h, 0) == pytest.approx(0.92)
     assert muon_momentum_at(h, 750) == pytest.approx(0.955)
     assert muon_momentum_at(h, 1500) == pytest.approx(0.99)

@@ -144,7 +144,7 @@ def test_bad_invocations_fail_before_running(setup, capsys, tmp_path):
     import torch
 
     if not torch.cuda.is_available():  # the record preset needs a GPU per process
-        rc = record("--env", "PRESET=record")
+        rc = record("--env", "PRESET=pr1493")
         err = capsys.readouterr().err
-        assert rc == 1 and "PRESET=record needs 1 CUDA GPU(s) for --nproc 1, found 0" in err
+        assert rc == 1 and "PRESET=pr1493 needs 1 CUDA GPU(s) for --nproc 1, found 0" in err
     assert launches(count) == []

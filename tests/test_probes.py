@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest_eval import TinyCausalLM, cpu_dist, eval_hparams, make_sp, real_val_tokens
 
-from trainer.bpb import ByteCounter
+from trainer.bpb import ByteCounter, position_bytes
 from trainer.evaluate import eval_result, eval_score_windows, eval_window_plan
 from trainer.probes import (
     ProbeResult,
@@ -69,7 +69,7 @@ def test_causality_rejects_bad_position():
 
 # --- score before update ------------------------------------------------------------------------
 
-def _illegal_train_then_score(h, model, dist, val_tokens, counter, recorder=None):
+def _illegal_train_then_score(h, model, dist, val_tokens, val_bytes, recorder=None):
     """Adapts on each chunk, then scores it: the classic leak."""
     tokens = val_tokens.long()
     chunks = ttt_chunk_bounds(tokens.numel(), h.ttt_chunk_tokens)
@@ -81,11 +81,11 @@ def _illegal_train_then_score(h, model, dist, val_tokens, counter, recorder=None
             g["lr"] = ttt_lr_at(h, ci, len(chunks))
         ttt_train_chunk(h, model, dist, tokens, lo, hi, opt, params, recorder)
         sums += eval_score_windows(model, tokens, eval_window_plan(lo, hi, h.eval_seq_len, h.eval_stride),
-                                   h.eval_seq_len, h.eval_batch_seqs, counter, recorder)
+                                   h.eval_seq_len, h.eval_batch_seqs, val_bytes, recorder)
     return eval_result(sums, 0.0)
 
 
-def _illegal_rescore(h, model, dist, val_tokens, counter, recorder=None):
+def _illegal_rescore(h, model, dist, val_tokens, val_bytes, recorder=None):
     """Scores each chunk, adapts, then scores it again and keeps the second score."""
     tokens = val_tokens.long()
     chunks = ttt_chunk_bounds(tokens.numel(), h.ttt_chunk_tokens)
@@ -94,13 +94,14 @@ def _illegal_rescore(h, model, dist, val_tokens, counter, recorder=None):
     sums = torch.zeros(3, dtype=torch.float64)
     for lo, hi in chunks:
         plan = eval_window_plan(lo, hi, h.eval_seq_len, h.eval_stride)
-        eval_score_windows(model, tokens, plan, h.eval_seq_len, h.eval_batch_seqs, counter, recorder)
+        eval_score_windows(model, tokens, plan, h.eval_seq_len, h.eval_batch_seqs, val_bytes, recorder)
         ttt_train_chunk(h, model, dist, tokens, lo, hi, opt, params, recorder)
-        sums += eval_score_windows(model, tokens, plan, h.eval_seq_len, h.eval_batch_seqs, counter, recorder)
+        sums += eval_score_windows(model, tokens, plan, h.eval_seq_len, h.eval_batch_seqs, val_bytes,
+                                   recorder)
     return eval_result(sums, 0.0)
 
 
-def _illegal_peek_next_chunk(h, model, dist, val_tokens, counter, recorder=None):
+def _illegal_peek_next_chunk(h, model, dist, val_tokens, val_bytes, recorder=None):
     """Scores a chunk, then trains on the *next* chunk (not yet scored)."""
     tokens = val_tokens.long()
     chunks = ttt_chunk_bounds(tokens.numel(), h.ttt_chunk_tokens)
@@ -109,7 +110,8 @@ def _illegal_peek_next_chunk(h, model, dist, val_tokens, counter, recorder=None)
     sums = torch.zeros(3, dtype=torch.float64)
     for ci, (lo, hi) in enumerate(chunks):
         plan = eval_window_plan(lo, hi, h.eval_seq_len, h.eval_stride)
-        sums += eval_score_windows(model, tokens, plan, h.eval_seq_len, h.eval_batch_seqs, counter, recorder)
+        sums += eval_score_windows(model, tokens, plan, h.eval_seq_len, h.eval_batch_seqs, val_bytes,
+                                   recorder)
         if ci + 1 < len(chunks):
             ttt_train_chunk(h, model, dist, tokens, *chunks[ci + 1], opt, params, recorder)
     return eval_result(sums, 0.0)
@@ -118,13 +120,15 @@ def _illegal_peek_next_chunk(h, model, dist, val_tokens, counter, recorder=None)
 def _run(ttt_fn, counter):
     tokens = real_val_tokens(800)[:600]
     h = eval_hparams()
-    return probe_score_before_update(h, TinyCausalLM(), cpu_dist(), tokens, counter, ttt_fn=ttt_fn)
+    return probe_score_before_update(h, TinyCausalLM(), cpu_dist(), tokens, position_bytes(counter, tokens),
+                                     ttt_fn=ttt_fn)
 
 
 def test_our_ttt_passes(counter):
     model = TinyCausalLM()
     before = [p.detach().clone() for p in model.parameters()]
-    r = probe_score_before_update(eval_hparams(), model, cpu_dist(), real_val_tokens(800)[:600], counter)
+    r = probe_score_before_update(eval_hparams(), model, cpu_dist(), real_val_tokens(800)[:600],
+                                  position_bytes(counter, real_val_tokens(800)[:600]))
     assert r.passed, r.message
     ev = r.evidence
     assert ev["tokens_scored"] == 599 and ev["tokens_never_scored"] == 0
@@ -203,7 +207,8 @@ def test_gpt_is_causal_and_its_ttt_is_score_first(counter):
         r = probe_causality(gpt, tokens, t)
         assert r.passed, r.message
     e = eval_hparams(vocab_size=h.vocab_size)
-    r = probe_score_before_update(e, gpt, cpu_dist(), real_val_tokens(800)[:400], counter)
+    r = probe_score_before_update(e, gpt, cpu_dist(), real_val_tokens(800)[:400],
+                                  position_bytes(counter, real_val_tokens(800)[:400]))
     assert r.passed and r.evidence["tokens_used_for_updates"] > 0, r.message
 
 
@@ -216,6 +221,6 @@ def test_gpt_sliding_equals_naive(counter):
     gpt.eval()
     tokens = real_val_tokens(800)[:120]
     e = eval_hparams(eval_seq_len=32, eval_stride=8, eval_batch_seqs=4)
-    res = eval_sliding(e, gpt, cpu_dist(), tokens, counter)
+    res = eval_sliding(e, gpt, cpu_dist(), tokens, position_bytes(counter, tokens))
     ref, _ = naive_nll(gpt, tokens, lambda k: max(0, -(-(k - 32) // 8) * 8))
     assert res.tokens == 119 and res.nll_sum == pytest.approx(ref, rel=1e-4)

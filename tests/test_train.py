@@ -292,7 +292,7 @@ def test_main_bad_input_is_one_line_and_nonzero(tmp_path, sp_data, case):
     else:
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
-        env["PRESET"] = "record"
+        env["PRESET"] = "pr1493"
     r = _main(env, tmp_path)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -12,7 +12,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from conftest_eval import TinyCausalLM, cpu_dist, eval_hparams, make_sp, real_val_tokens
 
-from trainer.bpb import ByteCounter
+from trainer.bpb import ByteCounter, position_bytes
 from trainer.dist import DistInfo
 from trainer.evaluate import eval_sliding
 from trainer.ttt import eval_ttt, ttt_chunk_bounds, ttt_lr_at
@@ -68,8 +68,8 @@ def test_without_learning_ttt_equals_sliding(counter, over):
     tokens = real_val_tokens(800)[:701]
     h = eval_hparams(**over)
     model = TinyCausalLM()
-    slide = eval_sliding(h, model, cpu_dist(), tokens, counter)
-    ttt = eval_ttt(h, model, cpu_dist(), tokens, counter)
+    slide = eval_sliding(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
+    ttt = eval_ttt(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
     assert (ttt.tokens, ttt.bytes) == (slide.tokens, slide.bytes) == (700, ttt.bytes)
     assert ttt.nll_sum == pytest.approx(slide.nll_sum, rel=1e-9)
 
@@ -84,11 +84,11 @@ def test_matches_reference_loop(counter, over):
     h = eval_hparams(**over)
     model = TinyCausalLM()
     ref = reference_ttt(h, copy.deepcopy(model), tokens)
-    res = eval_ttt(h, model, cpu_dist(), tokens, counter)
+    res = eval_ttt(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
     assert res.tokens == 649
     assert res.bytes == int(counter.token_bytes(tokens[:-1], tokens[1:]).sum())
     assert res.nll_sum == pytest.approx(ref, rel=2e-5)
-    base = eval_sliding(h, TinyCausalLM(), cpu_dist(), tokens, counter)
+    base = eval_sliding(h, TinyCausalLM(), cpu_dist(), tokens, position_bytes(counter, tokens))
     assert abs(res.nll_sum - base.nll_sum) > 1e-3 * base.nll_sum  # training changed the scores (>> tolerance)
 
 
@@ -99,8 +99,8 @@ def test_adapts_in_place_and_helps_on_repeated_text(counter):
     h = eval_hparams(ttt_lr=0.3, ttt_epochs=3, ttt_chunk_tokens=256, ttt_batch_seqs=4)
     model = TinyCausalLM()
     before = [p.detach().clone() for p in model.parameters()]
-    slide = eval_sliding(h, model, cpu_dist(), tokens, counter)
-    ttt = eval_ttt(h, model, cpu_dist(), tokens, counter)
+    slide = eval_sliding(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
+    ttt = eval_ttt(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
     assert ttt.val_bpb < 0.9 * slide.val_bpb
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())
@@ -123,8 +123,8 @@ def _worker(rank: int, world: int, init: str, tokens, state, out_path: str) -> N
             h = eval_hparams(**over)
             model = TinyCausalLM()
             model.load_state_dict(state)
-            slide = eval_sliding(h, model, dist, tokens, counter)
-            ttt = eval_ttt(h, model, dist, tokens, counter)
+            slide = eval_sliding(h, model, dist, tokens, position_bytes(counter, tokens))
+            ttt = eval_ttt(h, model, dist, tokens, position_bytes(counter, tokens))
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
             gathered = [torch.zeros_like(flat) for _ in range(world)]
             tdist.all_gather(gathered, flat)
@@ -149,8 +149,8 @@ def test_two_gloo_processes_match_one(counter, tmp_path):
         h = eval_hparams(**over)
         model = TinyCausalLM()
         model.load_state_dict(state)
-        slide = eval_sliding(h, model, cpu_dist(), tokens, counter)
-        ttt = eval_ttt(h, model, cpu_dist(), tokens, counter)
+        slide = eval_sliding(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
+        ttt = eval_ttt(h, model, cpu_dist(), tokens, position_bytes(counter, tokens))
         assert (r["slide_n"], r["slide_b"]) == (slide.tokens, slide.bytes) == (r["ttt_n"], r["ttt_b"])
         assert r["slide"] == pytest.approx(slide.nll_sum, rel=1e-9)
         assert r["ttt"] == pytest.approx(ttt.nll_sum, rel=1e-5), over

@@ -74,6 +74,18 @@ class ByteCounter:
         return first + int(self.token_bytes(t[:-1], t[1:]).sum())
 
 
+def position_bytes(counter: ByteCounter, tokens: torch.Tensor) -> torch.Tensor:
+    """Bytes credited to each position of a token stream as a prediction target, int32 on the
+    tokens' device: ``out[k]`` = bytes of ``tokens[k]`` given ``tokens[k-1]``; ``out[0] = 0`` (the
+    first token is never a target). The evaluators take this per-position array (``val_bytes``),
+    so bytes can also come from a data-side sidecar (CaseOps) instead of the tokenizer."""
+    t = tokens.reshape(-1)
+    out = torch.zeros(t.numel(), dtype=torch.int32, device=t.device)
+    if t.numel() > 1:
+        out[1:] = counter.token_bytes(t[:-1], t[1:])
+    return out
+
+
 def _bc_as_ids(ids: Sequence[int] | torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(ids, torch.Tensor):
         return ids.detach().cpu().reshape(-1).numpy().astype(np.int64)

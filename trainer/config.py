@@ -2,8 +2,10 @@
 
 Every field is set by the upper-cased environment variable of the same name
 (``num_layers`` <- ``NUM_LAYERS``). ``PRESET`` picks a named set of defaults first
-(``record``, the default; ``tiny`` for CPU; ``baseline`` for the challenge's naive
-baseline); explicit variables always win over the preset.
+(``pr1855``, the default: the leaderboard's top stack, 1.0611; ``pr1493``: the 1.0810 stack;
+``pr1774``: its 12-layer shared-specific-attention variant; ``tiny`` for CPU: the default stack's
+switches at toy size; ``baseline``: the challenge's naive baseline); explicit variables always
+win over the preset.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Hyperparameters:
     # --- run / io -------------------------------------------------------------------------
-    preset: str = "record"
+    preset: str = "pr1855"
     run_id: str = "run"
     seed: int = 42
     data_path: str = "./data/datasets/fineweb10B_sp8192"
@@ -56,6 +58,17 @@ class Hyperparameters:
     smear_gate: bool = False  # SmearGate: mix each token embedding with the previous one
     bigram_hash_buckets: int = 0  # BigramHash embedding buckets (0 = off)
     bigram_hash_dim: int = 128
+    # the 1.0611 stack's model options (PR #1855 and the PRs it builds on)
+    attention_backend: str = "auto"  # auto | fa4 | fa3 | sdpa_cudnn | sdpa (auto: fastest that works)
+    parallel_lanes: int = 1  # 1: GPT-J parallel block from PARALLEL_START_LAYER; 2: two residual lanes
+    parallel_final_lane: str = "mean"  # how two lanes become one before the head
+    sparse_attn_gate: bool = False  # per-head output gate fed by the first ATTN_GATE_WINDOW dims
+    attn_gate_window: int = 12
+    sparse_attn_gate_scale: float = 1.0
+    varlen_attn: bool = False  # document packing: no attention across documents (BOS-delimited)
+    fused_ce: bool = False  # fused softcapped cross-entropy kernel (CUDA; training only)
+    fused_mlp: bool = False  # fused fc + LeakyReLU(0.5)^2 kernel (CUDA)
+    # --- model: extra fields (add new ones here, one per line) ----------------------------
 
     # --- training -------------------------------------------------------------------------
     train_seq_len: int = 2048
@@ -64,6 +77,9 @@ class Hyperparameters:
     iterations: int = 20000
     warmup_steps: int = 20  # compile/warm-up steps, reset afterwards (not counted)
     warmdown_frac: float = 0.72  # linear decay to 0 over the final fraction of training
+    data_sampler: str = "shuffled"  # shuffled: seeded random windows, disjoint per rank | stream
+    min_lr: float = 0.0  # floor of the LR schedule, as a fraction of each base LR
+    muon_ns: str = "fixed"  # Newton-Schulz coefficients: fixed (3.4445, -4.775, 2.0315) | polar
     max_wallclock_seconds: float = 600.0  # 0 = no cap
     # held back from the cap for calibration + GPTQ + compression, all counted as training time
     # (measured 25.4 s on one H100 with 16 CPU cores; brotli-11 is most of it)
@@ -89,6 +105,7 @@ class Hyperparameters:
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.3
     ema_decay: float = 0.9965  # 0 = no EMA
+    # --- training: extra fields (add new ones here, one per line) -------------------------
 
     # --- quantization / artifact ----------------------------------------------------------
     matrix_bits: int = 6
@@ -96,6 +113,7 @@ class Hyperparameters:
     embed_bits: int = 8
     matrix_clip_sigmas: float = 12.85
     mlp_clip_sigmas: float = 12.85
+    attn_clip_sigmas: float = 12.85
     embed_clip_sigmas: float = 20.0
     fp16_tensors: str = ""  # comma-separated name patterns kept in fp16
     gptq: bool = True  # False = round-to-nearest
@@ -103,7 +121,13 @@ class Hyperparameters:
     gptq_block_size: int = 128
     gptq_damp: float = 0.01
     gptq_act_order: bool = True  # quantize columns in order of decreasing Hessian diagonal
-    compressor: str = "brotli"  # brotli | zstd | auto (smaller of the two, recorded in the file)
+    compressor: str = "brotli"  # brotli | zstd | auto (smallest, recorded in the file) | pergroup
+    lqer_rank: int = 0  # LQER: rank of the low-rank correction of the quantization error (0 = off)
+    lqer_top_k: int = 3  # ... on the K tensors with the largest quantization error
+    lqer_factor_bits: int = 4
+    lqer_group: int = 64  # asymmetric per-group quantization of the factors
+    gate_bits: int = 0  # attention output gates: 8 = int8 per row, 0 = fp16 like other small tensors
+    # --- quantization: extra fields (add new ones here, one per line) ---------------------
 
     # --- evaluation -----------------------------------------------------------------------
     eval_seq_len: int = 2048
@@ -119,6 +143,25 @@ class Hyperparameters:
     ttt_batch_seqs: int = 32
     prequant_eval: bool = True  # diagnostic eval of the EMA model before quantization
     val_max_tokens: int = 0  # 0 = the whole validation split (benchmarks may cap it)
+    quantized_eval: bool = True  # plain eval of the artifact's model (counted in the eval time)
+    eval_budget_seconds: float = 600.0  # the whole final evaluation, load and compile included
+    ttt_mode: str = "sgd"  # sgd: full-parameter score-first chunks | lora_phased (PR #1855)
+    ttt_lora_rank: int = 80
+    ttt_lora_lr: float = 1e-4
+    ttt_lora_chunk_tokens: int = 48
+    ttt_lora_batch_docs: int = 64
+    ttt_weight_decay: float = 0.5
+    ttt_beta1: float = 0.0
+    ttt_beta2: float = 0.99
+    phased_ttt_prefix_docs: int = 2500
+    phased_ttt_phases: int = 3
+    global_ttt_lr: float = 0.001
+    global_ttt_momentum: float = 0.9
+    global_ttt_epochs: int = 1
+    global_ttt_chunk_tokens: int = 32768
+    global_ttt_batch_seqs: int = 32
+    global_ttt_grad_clip: float = 1.0
+    # --- evaluation: extra fields (add new ones here, one per line) -----------------------
 
     # filled in at run time, not from the environment
     extra: dict = field(default_factory=dict)
@@ -127,7 +170,7 @@ class Hyperparameters:
     def from_env(cls, env: dict[str, str] | None = None) -> Hyperparameters:
         """Build from ``env`` (default ``os.environ``): preset first, then explicit variables."""
         env = dict(os.environ if env is None else env)
-        preset = env.get("PRESET", "record")
+        preset = env.get("PRESET", "pr1855")
         if preset not in PRESETS:
             raise ValueError(f"PRESET={preset!r}: unknown preset (known: {', '.join(sorted(PRESETS))})")
         h = cls(preset=preset, **PRESETS[preset])
@@ -158,9 +201,31 @@ def _parse(name: str, raw: str, kind: type):
         raise ValueError(f"{name.upper()}={raw!r}: expected {kind.__name__}") from None
 
 
+# the leaderboard's top, 1.0611 (PR #1855): CaseOps data, SparseAttnGate, BOS-masked SmearGate,
+# two-lane parallel residuals from layer 8, document packing, LQER, per-group compression,
+# Polar Express Newton-Schulz, MIN_LR 0.1, fused kernels, phased per-document LoRA TTT, and its
+# nine tuned hyperparameters
+_PR1855 = dict(
+    data_path="./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved",
+    tokenizer_path="./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",
+    qk_gain_init=5.0, parallel_start_layer=8, parallel_lanes=2, parallel_final_lane="mean",
+    sparse_attn_gate=True, attn_gate_window=12, sparse_attn_gate_scale=0.5, smear_gate=True,
+    varlen_attn=True, fused_ce=True, fused_mlp=True,
+    muon_ns="polar", min_lr=0.1, muon_momentum=0.97, matrix_lr=0.026, beta2=0.99, warmdown_frac=0.85,
+    embed_bits=7, mlp_clip_sigmas=11.5, attn_clip_sigmas=13.0, embed_clip_sigmas=14.0,
+    lqer_rank=4, lqer_top_k=3, lqer_factor_bits=4, lqer_group=64, gate_bits=8, compressor="pergroup",
+    gptq_calibration_batches=16,
+    sliding_window=False, ttt_mode="lora_phased",
+)
+
 PRESETS: dict[str, dict] = {
-    # the published 1.0810 record's configuration (the dataclass defaults)
-    "record": {},
+    "pr1855": _PR1855,
+    # the published 1.0810 record's configuration (PR #1493; the dataclass defaults)
+    "pr1493": {},
+    # PR #1774 on the 1.0810 base: 12 layers, shared-specific attention (16 shared dims), MLP 4.5x,
+    # no TTT (1.0981 sliding)
+    "pr1774": dict(num_layers=12, mlp_mult=4.5, shared_specific_dims=16, qk_gain_init=5.0,
+                   ttt_enabled=False, gptq_reserve_seconds=30.0),
     # seconds on a CPU: the demo and the tests
     "tiny": dict(
         num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
@@ -171,6 +236,10 @@ PRESETS: dict[str, dict] = {
         eval_seq_len=128, eval_stride=32, eval_batch_seqs=8, ttt_chunk_tokens=2048,
         ttt_epochs=1, ttt_batch_seqs=8, gptq_calibration_batches=4, compile=False,
         vocab_size=1024, ema_decay=0.99,
+        # TODO(lead, at merge): the default stack's switches at toy size, once each exists:
+        # qk_gain_init=5.0, parallel_lanes=2, sparse_attn_gate=True, sparse_attn_gate_scale=0.5,
+        # smear_gate=True, varlen_attn=True, muon_ns="polar", min_lr=0.1, lqer_rank=2, lqer_top_k=2,
+        # gate_bits=8, compressor="pergroup", sliding_window=False, ttt_mode="lora_phased", ...
     ),
     # the challenge's naive baseline (train_gpt.py as first published), as a preset of ours
     "baseline": dict(

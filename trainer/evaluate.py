@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainer.bpb import ByteCounter
 from trainer.dist import all_reduce_
 
 
@@ -65,9 +64,11 @@ def eval_window_plan(k_lo: int, k_hi: int, seq_len: int, stride: int) -> torch.T
 
 
 def eval_score_windows(model, tokens: torch.Tensor, plan: torch.Tensor, seq_len: int, batch_seqs: int,
-                       counter: ByteCounter, recorder=None) -> torch.Tensor:
+                       val_bytes: torch.Tensor, recorder=None) -> torch.Tensor:
     """Score the plan's windows (no grad), ``batch_seqs`` at a time; ``tokens`` is the whole
-    stream on the model's device. Returns the local sums float64 [nll, tokens, bytes] there.
+    stream on the model's device and ``val_bytes`` its per-position target bytes
+    (``trainer.bpb.position_bytes`` or a byte sidecar, same length). Returns the local sums
+    float64 [nll, tokens, bytes] there.
 
     Batches are always ``[batch_seqs, seq_len]`` (short windows padded at the end, where a
     causal model cannot see them; missing rows padded with empty windows), so a compiled model
@@ -78,6 +79,9 @@ def eval_score_windows(model, tokens: torch.Tensor, plan: torch.Tensor, seq_len:
     device = tokens.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     n = tokens.numel()
+    if val_bytes.numel() != n:
+        raise ValueError(f"val_bytes holds {val_bytes.numel()} entries for {n} validation tokens")
+    val_bytes = val_bytes.to(device)
     if plan.numel() == 0:
         return sums
     n_win = plan.shape[0]
@@ -100,7 +104,7 @@ def eval_score_windows(model, tokens: torch.Tensor, plan: torch.Tensor, seq_len:
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
         k = part_dev[:, :1] + 1 + pos[None, p0:p1]
         mask = (k >= part_dev[:, 1:2]) & (k < part_dev[:, 2:3])
-        nb = counter.token_bytes(x[:, p0:p1], y)
+        nb = val_bytes[k.clamp(max=n - 1)]
         sums[0] += (nll.view_as(mask).double() * mask).sum()
         sums[1] += mask.sum()
         sums[2] += (nb * mask).sum()
@@ -123,7 +127,7 @@ def eval_result(sums: torch.Tensor, seconds: float) -> EvalResult:
                       tokens=int(count), bytes=int(nbytes), seconds=seconds)
 
 
-def _ev_run(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, stride: int) -> EvalResult:
+def _ev_run(h, model, dist, val_tokens: torch.Tensor, val_bytes: torch.Tensor, stride: int) -> EvalResult:
     t0 = time.perf_counter()
     device = dist.device
     tokens = val_tokens.to(device=device, dtype=torch.int64)
@@ -132,7 +136,7 @@ def _ev_run(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, stri
     was_training = model.training
     model.eval()
     try:
-        sums = eval_score_windows(model, tokens, plan[a:b], h.eval_seq_len, h.eval_batch_seqs, counter)
+        sums = eval_score_windows(model, tokens, plan[a:b], h.eval_seq_len, h.eval_batch_seqs, val_bytes)
     finally:
         model.train(was_training)
     all_reduce_(sums)
@@ -141,11 +145,11 @@ def _ev_run(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, stri
     return eval_result(sums, time.perf_counter() - t0)
 
 
-def eval_plain(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter) -> EvalResult:
+def eval_plain(h, model, dist, val_tokens: torch.Tensor, val_bytes: torch.Tensor) -> EvalResult:
     """Non-overlapping EVAL_SEQ_LEN windows (the challenge's baseline evaluation)."""
-    return _ev_run(h, model, dist, val_tokens, counter, h.eval_seq_len)
+    return _ev_run(h, model, dist, val_tokens, val_bytes, h.eval_seq_len)
 
 
-def eval_sliding(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter) -> EvalResult:
+def eval_sliding(h, model, dist, val_tokens: torch.Tensor, val_bytes: torch.Tensor) -> EvalResult:
     """Sliding windows of EVAL_SEQ_LEN inputs, stride EVAL_STRIDE, split over the ranks."""
-    return _ev_run(h, model, dist, val_tokens, counter, h.eval_stride)
+    return _ev_run(h, model, dist, val_tokens, val_bytes, h.eval_stride)

@@ -19,12 +19,13 @@ import torch
 from trainer.accounting import LimitError, account_bytes, counted_code_path
 from trainer.artifact import ArtifactError
 from trainer.attention import attention_backend, select_attention_backend
-from trainer.bpb import ByteCounter
+from trainer.bpb import ByteCounter, position_bytes
 from trainer.config import Hyperparameters
 from trainer.data import ShardError, load_shard, load_validation_tokens, shard_paths
 from trainer.dist import DistInfo, barrier, init_distributed, shutdown
 from trainer.evaluate import eval_plain
-from trainer.final import artifact_path, evaluate_artifact, log_eval, quantize_and_save
+from trainer.export import artifact_path, quantize_and_save
+from trainer.final import evaluate_artifact, log_eval
 from trainer.runlog import RunLog, die
 from trainer.train import resolve_grad_accum, run_training
 
@@ -125,14 +126,14 @@ def main() -> int:
     log = RunLog(os.path.join(h.output_dir, f"{h.run_id}.log"), dist.is_main)
     log_run_start(h, dist, log)
     log.line(f"val_tokens:{val_tokens.numel()}")
-    counter = ByteCounter(sp, h.vocab_size)
+    val_bytes = position_bytes(ByteCounter(sp, h.vocab_size), val_tokens)
 
     train_ms = None
     if h.eval_only:
         path = artifact_path(h)
     else:
         def validate(model):
-            return eval_plain(h, model, dist, val_tokens, counter)
+            return eval_plain(h, model, dist, val_tokens, val_bytes)
 
         outcome = run_training(h, dist, log, validate=validate, train_pattern=train_pattern(h))
         try:
@@ -145,11 +146,11 @@ def main() -> int:
                  f"quantization {saved.quant_ms:.0f}ms)")
         if h.prequant_eval:  # diagnostic only: not part of the score nor of total_eval_time
             log_eval(log, "pre-quantization post-ema", "prequant_ema",
-                     eval_plain(h, outcome.runner, dist, val_tokens, counter))
+                     eval_plain(h, outcome.runner, dist, val_tokens, val_bytes))
         path = saved.path
         del outcome
     try:
-        score = evaluate_artifact(h, dist, log, path, val_tokens, counter)
+        score = evaluate_artifact(h, dist, log, path, val_tokens, val_bytes)
         acc = account_bytes(counted_code_path(), path, h.artifact_limit_bytes)
     except (ArtifactError, ValueError) as e:
         die(str(e))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainer.bpb import ByteCounter
 from trainer.evaluate import eval_autocast
 from trainer.ttt import eval_ttt
 
@@ -125,12 +124,12 @@ def check_timeline(tl: TokenTimeline) -> ProbeResult:
     return ProbeResult("score_before_update", True, msg, evidence)
 
 
-def probe_score_before_update(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter,
+def probe_score_before_update(h, model, dist, val_tokens: torch.Tensor, val_bytes: torch.Tensor,
                               ttt_fn=eval_ttt) -> ProbeResult:
     """Run ``ttt_fn`` (default: our ``eval_ttt``) on a copy of ``model`` with a timeline
     recorder and check it. Use a small stream: a few TTT chunks are enough."""
     tl = TokenTimeline(int(val_tokens.numel()))
-    result = ttt_fn(h, copy.deepcopy(model), dist, val_tokens, counter, recorder=tl)
+    result = ttt_fn(h, copy.deepcopy(model), dist, val_tokens, val_bytes, recorder=tl)
     out = check_timeline(tl)
     out.evidence["val_bpb"] = result.val_bpb
     if not tl.clock:

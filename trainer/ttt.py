@@ -22,7 +22,6 @@ import time
 
 import torch
 
-from trainer.bpb import ByteCounter
 from trainer.dist import all_reduce_
 from trainer.evaluate import EvalResult, eval_autocast, eval_result, eval_score_windows, eval_window_plan
 
@@ -96,7 +95,7 @@ def ttt_train_chunk(h, model, dist, tokens: torch.Tensor, lo: int, hi: int, opt:
     return steps
 
 
-def eval_ttt(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, recorder=None,
+def eval_ttt(h, model, dist, val_tokens: torch.Tensor, val_bytes: torch.Tensor, recorder=None,
              progress=None, train_model=None) -> EvalResult:
     """Score-first TTT evaluation (see module doc); ``recorder`` (optional) gets
     ``on_score(token_ids)`` for every scored batch and ``on_train(token_ids)`` for the tokens
@@ -121,7 +120,7 @@ def eval_ttt(h, model, dist, val_tokens: torch.Tensor, counter: ByteCounter, rec
             plan = eval_window_plan(lo, hi, h.eval_seq_len, h.eval_stride)
             a, b = _ttt_share(plan.shape[0], dist)
             sums += eval_score_windows(model, tokens, plan[a:b], h.eval_seq_len, h.eval_batch_seqs,
-                                       counter, recorder)
+                                       val_bytes, recorder)
             if ci < len(chunks) - 1:
                 for g in opt.param_groups:
                     g["lr"] = ttt_lr_at(h, ci, len(chunks))

@@ -18,7 +18,7 @@ def main() -> int:
         import sentencepiece as spm
 
         from trainer.artifact import load_artifact
-        from trainer.bpb import ByteCounter
+        from trainer.bpb import ByteCounter, position_bytes
         from trainer.config import Hyperparameters
         from trainer.data import load_validation_tokens
         from trainer.dist import init_distributed
@@ -38,7 +38,6 @@ def main() -> int:
         return 1
     model = model.to(dist.device).eval()
     sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
-    counter = ByteCounter(sp, h.vocab_size)
     n_probe = int(os.environ.get("VERIFY_PROBE_TOKENS", "0")) or 3 * h.ttt_chunk_tokens + 1
     val = load_validation_tokens(os.path.join(h.data_path, "fineweb_val_*.bin"), max_tokens=n_probe)
     if val.numel() < 4:
@@ -47,7 +46,8 @@ def main() -> int:
     seq = val[: min(val.numel(), h.eval_seq_len)]
     results = [probe_causality(model, seq, t=seq.numel() // 2)]
     if h.ttt_enabled:
-        results.append(probe_score_before_update(h, model, dist, val, counter))
+        val_bytes = position_bytes(ByteCounter(sp, h.vocab_size), val)
+        results.append(probe_score_before_update(h, model, dist, val, val_bytes))
     for res in results:
         print(
             json.dumps(
