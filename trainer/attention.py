@@ -41,6 +41,23 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return _sdpa(q, k, v, _ATTN_STATE["repeat_kv"])
 
 
+def varlen_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                            max_seqlen: int) -> torch.Tensor:
+    """Causal attention inside the segments of a packed token stream (no attention across them).
+
+    q [N, H, D], k and v [N, Hkv, D]; ``cu_seqlens`` int32 [S + 1]: segment starts, then N (extra
+    trailing entries equal to N are padding, allowed so a compiled graph sees few shapes);
+    ``max_seqlen``: the longest segment. Returns [N, H, D]. This is the portable reference path
+    (one SDPA call per segment); fast kernels replace it per backend.
+    """
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    out = torch.empty_like(q)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], _ATTN_STATE["repeat_kv"])[0]
+    return out
+
+
 def _probe_cudnn_gqa(device: torch.device) -> bool:
     """True when the cuDNN SDPA backend runs GQA inputs directly (forward and backward)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -122,7 +122,7 @@ def main() -> int:
     except (ShardError, ValueError) as e:
         die(str(e))
     configure_cuda()
-    select_attention_backend(dist.device)
+    select_attention_backend(dist.device, h.attention_backend)
     log = RunLog(os.path.join(h.output_dir, f"{h.run_id}.log"), dist.is_main)
     log_run_start(h, dist, log)
     log.line(f"val_tokens:{val_tokens.numel()}")
