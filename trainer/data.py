@@ -145,8 +145,8 @@ class _BatchSource:
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+            return t.contiguous().pin_memory().to(self.device, non_blocking=True)
+        return t.contiguous()
 
     def _rows(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> torch.Tensor:
         local = _local_batch(global_tokens, seq_len, self.world_size, grad_accum_steps)
