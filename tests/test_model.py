@@ -1,4 +1,10 @@
-"""The GPT (trainer/model.py) and the attention kernels (trainer/attention.py), on CPU."""
+"""The GPT (trainer/model.py) and the attention kernels (trainer/attention.py), on CPU.
+
+The 1.0611 stack's pieces are checked against their definitions in the reference trainer
+(shared/reference/sota_1.0611/train_gpt.py): SmearGate with the BOS mask (``_forward_hidden``),
+the sparse attention gate (``CausalSelfAttention.forward``), two-lane residuals
+(``_parallel_block`` / ``_final_parallel_hidden``), and PR #1774's shared-specific attention
+(seed1774_1.0981: ``_tie_shared_weight``)."""
 
 from __future__ import annotations
 
@@ -11,7 +17,14 @@ import torch.nn as nn
 
 from trainer.attention import attention_backend, causal_attention, select_attention_backend
 from trainer.config import Hyperparameters
-from trainer.model import GPT, SMEAR_BOS_ID, SmearGate, layer_schedule, xsa_remove_self
+from trainer.model import (
+    GPT,
+    SMEAR_BOS_ID,
+    HeadSharedLinear,
+    SmearGate,
+    layer_schedule,
+    xsa_remove_self,
+)
 
 SMALL = {"PRESET": "tiny", "VOCAB_SIZE": "128", "NUM_LAYERS": "5", "MODEL_DIM": "64", "NUM_HEADS": "4",
          "NUM_KV_HEADS": "2", "ROPE_DIMS": "8", "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "2",
@@ -26,6 +39,10 @@ OPTIONS = {
     "smear_gate": {"SMEAR_GATE": "1"},
     "bigram_hash": {"BIGRAM_HASH_BUCKETS": "97", "BIGRAM_HASH_DIM": "32"},
     "untied": {"TIE_EMBEDDINGS": "0"},
+    "one_lane_gptj": {"PARALLEL_LANES": "1"},
+    "final_lane_mlp": {"PARALLEL_FINAL_LANE": "mlp"},
+    "plain_1493_like": {"PARALLEL_LANES": "1", "SPARSE_ATTN_GATE": "0", "SMEAR_GATE": "0", "VARLEN_ATTN": "0",
+                        "FUSED_CE": "0", "FUSED_MLP": "0"},
     "all_options": {"NUM_LAYERS": "6", "MLP_MULT": "4.5", "SHARED_SPECIFIC_DIMS": "4", "GATED_ATTN": "1",
                     "SMEAR_GATE": "1", "BIGRAM_HASH_BUCKETS": "97"},
     "baseline": {"PRESET": "baseline", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2",
@@ -73,7 +90,7 @@ def test_contract_shapes_names_and_initial_loss():
     # every 2-D matrix in the blocks belongs to an nn.Linear
     linear_weights = {id(mod.weight) for mod in m.modules() if isinstance(mod, nn.Linear)}
     for name, p in m.blocks.named_parameters():
-        if p.ndim == 2 and not name.endswith("resid_mix"):
+        if p.ndim == 2 and not name.endswith(("resid_mix", "lane_post")):  # mixing tables, not matrices
             assert id(p) in linear_weights, name
     # tied head: a submodule with no weight of its own, computing with tok_emb
     assert isinstance(m.lm_head, nn.Module) and not list(m.lm_head.parameters())
@@ -95,21 +112,22 @@ def test_every_option_runs_forward_and_backward(name):
     m = make(**over)
     h = hp(**over)
     x, y = tokens(), tokens(seed=3)
+    m.zero_grad()
     for on in (False, True):
         m.set_recurrence(on)
-        m.zero_grad()
         loss = m(x, y)
         assert torch.isfinite(loss)
         loss.backward()
-        for n, p in m.named_parameters():
-            assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    for n, p in m.named_parameters():  # every parameter is used (some only with recurrence)
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
     assert len(m.blocks) == h.num_layers
     assert m.blocks[0].mlp.fc.out_features == int(h.mlp_mult * h.model_dim)
-    if h.shared_specific_dims:
-        d, s = h.model_dim // h.num_heads, h.shared_specific_dims
-        assert m.blocks[0].attn.c_q.out_features == h.num_heads * (d - s) + s
-        assert m.blocks[0].attn.c_k.out_features == h.num_kv_heads * (d - s) + s
+    if h.shared_specific_dims:  # PR #1774's parameterisation: full matrices, tied in the forward
+        assert isinstance(m.blocks[0].attn.c_q, HeadSharedLinear)
+        assert m.blocks[0].attn.c_q.out_features == h.model_dim
+        assert m.blocks[0].attn.c_k.out_features == h.num_kv_heads * (h.model_dim // h.num_heads)
     assert (m.blocks[0].attn.attn_gate is not None) == h.gated_attn
+    assert (m.blocks[0].attn.out_gate is not None) == h.sparse_attn_gate
     assert (m.smear is not None) == h.smear_gate
     assert (m.bigram is not None) == (h.bigram_hash_buckets > 0)
 
@@ -140,11 +158,17 @@ def test_baseline_preset_structure():
 
 
 def test_layer_flags_follow_the_config():
-    m = make(PARALLEL_START_LAYER=3, XSA_LAST_N=2)
+    m = make(PARALLEL_START_LAYER=3, XSA_LAST_N=2, PARALLEL_LANES=1, QK_GAIN_INIT=5.25)
     assert [b.parallel for b in m.blocks] == [False, False, False, True, True]
+    assert all(b.lane_post is None for b in m.blocks)
     assert [b.attn.use_xsa for b in m.blocks] == [False, False, False, True, True]
     assert [b.norm_scale for b in m.blocks] == pytest.approx([1 / math.sqrt(i + 1) for i in range(5)])
     assert all(torch.allclose(b.attn.q_gain, torch.full((4,), 5.25)) for b in m.blocks)
+    # two lanes: no GPT-J blocks; lane weights on the layers from PARALLEL_START_LAYER
+    m = make(PARALLEL_START_LAYER=3)
+    assert not any(b.parallel for b in m.blocks)
+    assert [b.lane_post is not None for b in m.blocks] == [False, False, False, True, True]
+    assert all(torch.allclose(b.attn.q_gain, torch.full((4,), 5.0)) for b in m.blocks)  # tiny: 5.0
 
 
 def test_record_recurrence_gives_17_virtual_layers():
@@ -159,8 +183,8 @@ def test_record_recurrence_gives_17_virtual_layers():
 def test_recurrence_runs_the_looped_layers_again():
     m = make()  # loops layers 1..2 two extra times
     calls = []
-    for i, b in enumerate(m.blocks):
-        b.register_forward_pre_hook(lambda _m, _a, i=i: calls.append(i))
+    for i, b in enumerate(m.blocks):  # (the attention: lane blocks are not called as modules)
+        b.attn.register_forward_pre_hook(lambda _m, _a, i=i: calls.append(i))
     x = tokens()
     m(x)
     assert calls == [0, 1, 2, 3, 4]
@@ -247,7 +271,7 @@ def test_xsa_flag_changes_the_model_output():
 
 
 def test_smear_gate_stops_at_document_start():
-    sg = SmearGate(16)
+    sg = SmearGate(16, 12)
     with torch.no_grad():
         sg.lam.fill_(1.0)
         sg.proj.weight.normal_()

@@ -1,4 +1,5 @@
-"""MuonEq-R / Muon, the parameter split, and the LR / momentum schedules (trainer/optim.py)."""
+"""MuonEq-R / Muon (fixed and Polar Express Newton-Schulz), the parameter split, and the LR /
+momentum schedules with the MIN_LR floor (trainer/optim.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from trainer.optim import (
     lr_scale_at,
     muon_momentum_at,
     newton_schulz5,
+    ns_schedule,
     split_params,
     training_fraction,
 )
@@ -37,6 +39,32 @@ def test_newton_schulz_orthogonalises_and_batches():
     together = newton_schulz5(batch)
     for i in range(3):
         assert torch.allclose(together[i], newton_schulz5(batch[i]), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32), (256, 512)])
+def test_polar_express_orthogonalises_closer_than_the_fixed_quintic(shape):
+    g = torch.Generator().manual_seed(shape[0])
+    G = torch.randn(*shape, generator=g)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    polar, fixed = newton_schulz5(G, 5, kind="polar"), newton_schulz5(G, 5, kind="fixed")
+    s = torch.linalg.svdvals(polar)
+    assert s.min() > 0.8 and s.max() < 1.2  # every singular value lands near 1 in 5 steps
+    assert torch.linalg.svdvals(fixed).min() < 0.75  # the fixed quintic leaves some well below
+    cos = (polar * (U @ Vh)).sum() / (polar.norm() * (U @ Vh).norm())
+    assert cos > 0.99
+
+
+def test_polar_express_schedule():
+    sched = ns_schedule("polar", 5)
+    assert len(sched) == 5 and len(set(sched)) == 5  # a new (a, b, c) every step
+    assert sched[0] == pytest.approx((8.156554524902461, -22.48329292557795, 15.878769915207462))
+    assert ns_schedule("polar", 8) == sched  # more steps run the five (as the record does)
+    assert ns_schedule("fixed", 3) == ((3.4445, -4.7750, 2.0315),) * 3
+    with pytest.raises(ValueError, match="MUON_NS"):
+        ns_schedule("cubic", 5)
+    h = Hyperparameters.from_env(TINY)
+    assert h.muon_ns == "polar"
+    assert build_optimizers(h, GPT(h)).muon.param_groups[0]["ns"] == "polar"
 
 
 def _one_muon_step(grad: torch.Tensor, row_normalize: bool, wd: float = 0.0) -> torch.Tensor:
@@ -97,7 +125,11 @@ def test_parameter_split_covers_everything_once():
     assert not any("gate" in n or "resid_mix" in n for n in matrix)
     assert {n for n, _ in groups["embed"]} == {"tok_emb.weight", "bigram.embed.weight"}
     assert [n for n, _ in groups["head"]] == ["lm_head.weight"]
-    assert "skip_weights" in {n for n, _ in groups["scalar"]}
+    scalar = {n for n, _ in groups["scalar"]}
+    assert "skip_weights" in scalar
+    # the 1.0611 stack's small tensors go to AdamW, as in the record
+    assert {"blocks.0.attn.out_gate.weight", "blocks.3.lane_post", "blocks.3.lane_resid", "smear.proj.weight",
+            "smear.lam"} <= scalar
 
 
 def test_record_and_baseline_optimizers():
@@ -145,6 +177,19 @@ def test_lr_schedule_and_progress():
     assert training_fraction(50, 200, 1e9, None) == 0.25
     assert training_fraction(50, 200, 294_000.0, 588_000.0) == 0.5
     assert training_fraction(50, 200, 700_000.0, 588_000.0) == 1.0
+
+
+def test_min_lr_floor():
+    fracs = [i / 1000 for i in range(1001)]
+    scales = [lr_scale_at(f, 0.85, 0.1) for f in fracs]
+    assert min(scales) == pytest.approx(0.1) and all(sc >= 0.1 for sc in scales)
+    assert lr_scale_at(0.1, 0.85, 0.1) == 1.0  # before the warmdown
+    assert lr_scale_at(0.575, 0.85, 0.1) == pytest.approx(0.5)  # on the line above the floor
+    assert lr_scale_at(0.95, 0.85, 0.1) == pytest.approx(0.1)  # the line is lower: the floor holds
+    assert lr_scale_at(1.0, 0.85, 0.0) == 0.0
+    assert all(a >= b for a, b in zip(scales, scales[1:]))  # never rises
+    assert Hyperparameters.from_env({}).min_lr == 0.1
+    assert Hyperparameters.from_env({"PRESET": "pr1493"}).min_lr == 0
 
 
 def test_muon_momentum_warmup():

@@ -16,10 +16,10 @@ import torch
 
 from pgolf.shards import write_shard
 from trainer.attention import select_attention_backend
-from trainer.config import Hyperparameters
+from trainer.config import PRESETS, Hyperparameters
 from trainer.dist import DistInfo
 from trainer.runlog import RunLog, parse_json_lines
-from trainer.train import mean_loss_validator, resolve_grad_accum, run_training
+from trainer.train import mean_loss_validator, resolve_grad_accum, run_training, warmup_buckets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 128
@@ -100,18 +100,73 @@ def test_recurrence_switches_on_at_the_set_fraction(tmp_path, data_dir):
     assert "layer_loop:enabled step:10 frac:0.500 encoder:[0, 1, 2, 1] decoder:[2, 1, 2, 3]" in text
 
 
+class StepClock:
+    """A fake ``time.perf_counter``: every reading is ``tick`` seconds after the previous one, so the
+    cap's logic is tested without depending on how fast this machine runs."""
+
+    def __init__(self, tick: float):
+        self.tick, self.now, self.reads = tick, 1000.0, 0
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        self.reads += 1
+        return self.now
+
+
 def test_wallclock_cap_stops_training_and_says_so(tmp_path, data_dir):
     h = hparams(data_dir, iterations=1_000_000, max_wallclock_seconds=2.0, gptq_reserve_seconds=0.5,
                 enable_looping_at=0.5, train_log_every=1000)
-    out, text, events = train(tmp_path, h)
+    clock = StepClock(0.125)
+    path = str(tmp_path / "cap.log")
+    out = run_training(h, cpu(), RunLog(path), clock=clock)
+    text = open(path).read()
+    events = parse_json_lines(text)
     assert out.stop_reason == "wallclock_cap" and 0 < out.steps < h.iterations
-    assert 1500 <= out.train_time_ms < 1500 + 1000
+    # stops at the first reading at or past 1500 ms (2 s cap - 0.5 s reserve); the reported time is
+    # one more reading (the end of training): at most two ticks past the cap
+    assert 1500 <= out.train_time_ms <= 1500 + 2 * 125
+    assert out.steps < clock.reads  # every step read the clock at least once
     m = re.search(r"^stopping_early: wallclock_cap train_time:(\d+)ms step:(\d+)/1000000$", text, re.M)
-    assert m and int(m.group(2)) == out.steps
+    assert m and int(m.group(2)) == out.steps and int(m.group(1)) == round(out.train_time_ms)
     end = [e for e in events if e["event"] == "train_end"][0]
     assert end["stop_reason"] == "wallclock_cap" and end["steps"] == out.steps
-    rec = [e for e in events if e["event"] == "recurrence_on"]  # progress by wallclock
-    assert len(rec) == 1 and 0.5 <= rec[0]["frac"] < 0.8
+    rec = [e for e in events if e["event"] == "recurrence_on"]  # progress by wallclock, not steps
+    assert len(rec) == 1 and 0.5 <= rec[0]["frac"] < 0.5 + 2 * 125 / 1500
+
+
+def test_a_spent_cap_trains_no_step(tmp_path, data_dir):
+    h = hparams(data_dir, iterations=100, max_wallclock_seconds=2.0, gptq_reserve_seconds=0.5)
+    out = run_training(h, cpu(), RunLog(str(tmp_path / "spent.log")), clock=StepClock(10.0))
+    assert out.steps == 0 and out.stop_reason == "wallclock_cap" and out.train_time_ms >= 1500
+
+
+def test_min_lr_floor_holds_in_the_loop(tmp_path, data_dir):
+    """With MIN_LR=1 the warmdown never lowers the LR: the run equals one without warmdown."""
+    runs = {}
+    for name, over in {"floor": dict(warmdown_frac=1.0, min_lr=1.0), "flat": dict(warmdown_frac=0.0),
+                       "decay": dict(warmdown_frac=1.0, min_lr=0.0)}.items():
+        _, _, ev = train(tmp_path, hparams(data_dir, iterations=4, run_id=name, **over))
+        runs[name] = [e["train_loss"] for e in ev if e["event"] == "train"]
+    assert runs["floor"] == runs["flat"]
+    assert runs["decay"] != runs["flat"]  # the control: a decaying LR does change training
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains_a_step_at_tiny_width(tmp_path, data_dir, preset):
+    env = {"PRESET": preset, "VOCAB_SIZE": str(V), "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2",
+           "ROPE_DIMS": "16", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "512", "GRAD_ACCUM_STEPS": "1",
+           "ITERATIONS": "1", "WARMUP_STEPS": "0", "MAX_WALLCLOCK_SECONDS": "0", "COMPILE": "0",
+           "EMA_DECAY": "0", "TRAIN_LOG_EVERY": "1", "DATA_PATH": data_dir, "RUN_ID": preset}
+    h = Hyperparameters.from_env(env)
+    from trainer.train import build_model
+
+    init = {n: p.detach().clone() for n, p in build_model(h, torch.device("cpu")).named_parameters()}
+    out, _, events = train(tmp_path, h)
+    assert out.steps == 1 and np.isfinite(out.final_train_loss)
+    assert [e["step"] for e in events if e["event"] == "train"] == [1]
+    moved = [n for n, p in out.model.named_parameters() if not torch.equal(p, init[n])]
+    # (the zero-init output projections are what a first step can move among the matrices)
+    assert {"blocks.0.attn.proj.weight", "blocks.0.mlp.proj.weight", "tok_emb.weight"} <= set(moved)
 
 
 def test_warmup_is_undone(tmp_path, data_dir):
@@ -160,6 +215,13 @@ def test_validation_is_pluggable_and_excluded_from_train_time(tmp_path, data_dir
     assert bpb is None and 0 < loss < 5
 
 
+def test_warmup_buckets_cover_the_observed_cu_seqlens_lengths():
+    # 48 rows need at least 49 entries -> 64; observed 128..256: one bucket of margin each side
+    assert warmup_buckets([192, 128, 256, 192], rows=48) == [64, 128, 192, 256, 320]
+    assert warmup_buckets([64, 64], rows=48) == [64, 128]
+    assert warmup_buckets([256], rows=200) == [256, 320]
+
+
 def test_grad_accum_resolution():
     h = Hyperparameters.from_env({})
     assert [resolve_grad_accum(h, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
@@ -173,7 +235,7 @@ WORKER = textwrap.dedent("""
     import json, os, sys, torch
     torch.set_num_threads(1)
     from trainer.attention import select_attention_backend
-    from trainer.config import Hyperparameters
+    from trainer.config import PRESETS, Hyperparameters
     from trainer.dist import barrier, init_distributed, shutdown
     from trainer.runlog import RunLog
     from trainer.train import run_training
@@ -192,7 +254,7 @@ WORKER = textwrap.dedent("""
 
 def _run_world(tmp_path, data_dir, world: int, port: int) -> tuple[list[float], dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK"))}
-    env.update({"PRESET": "tiny", "VOCAB_SIZE": str(V), "MODEL_DIM": "64", "NUM_LAYERS": "4",
+    env.update({"PRESET": "tiny", "VOCAB_SIZE": str(V), "MODEL_DIM": "64", "NUM_LAYERS": "5",
                 "TRAIN_SEQ_LEN": "32", "TRAIN_BATCH_TOKENS": "512", "GRAD_ACCUM_STEPS": "0",
                 "ITERATIONS": "6", "ENABLE_LOOPING_AT": "0.5", "TRAIN_LOG_EVERY": "1", "DATA_PATH": data_dir,
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
@@ -209,7 +271,9 @@ def _run_world(tmp_path, data_dir, world: int, port: int) -> tuple[list[float], 
 
 @pytest.mark.slow
 def test_one_and_two_processes_train_the_same(tmp_path, data_dir):
-    """Same seed and global batch: 1 process x 8 micro-steps == 2 processes (gloo) x 4."""
+    """Same seed and global batch: 1 process x 8 micro-steps == 2 processes (gloo) x 4 (the tiny
+    preset: shuffled windows, document packing, two lanes, Polar Express, Muon's reduce-scatter /
+    all-gather with 5 layers, so some same-shape buckets do not split evenly over the ranks)."""
     port = 29500 + os.getpid() % 1000
     l1, r1 = _run_world(tmp_path, data_dir, 1, port)
     l2, r2 = _run_world(tmp_path, data_dir, 2, port + 1)

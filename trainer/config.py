@@ -236,9 +236,10 @@ PRESETS: dict[str, dict] = {
         eval_seq_len=128, eval_stride=32, eval_batch_seqs=8, ttt_chunk_tokens=2048,
         ttt_epochs=1, ttt_batch_seqs=8, gptq_calibration_batches=4, compile=False,
         vocab_size=1024, ema_decay=0.99,
-        # TODO(lead, at merge): the default stack's switches at toy size, once each exists:
-        # qk_gain_init=5.0, parallel_lanes=2, sparse_attn_gate=True, sparse_attn_gate_scale=0.5,
-        # smear_gate=True, varlen_attn=True, muon_ns="polar", min_lr=0.1, lqer_rank=2, lqer_top_k=2,
+        # the default stack's model/optimizer switches at toy size (fused kernels: eager on CPU)
+        qk_gain_init=5.0, parallel_lanes=2, sparse_attn_gate=True, sparse_attn_gate_scale=0.5,
+        smear_gate=True, varlen_attn=True, fused_ce=True, fused_mlp=True, muon_ns="polar", min_lr=0.1,
+        # TODO(lead, at merge): the rest once each exists: lqer_rank=2, lqer_top_k=2,
         # gate_bits=8, compressor="pergroup", sliding_window=False, ttt_mode="lora_phased", ...
     ),
     # the challenge's naive baseline (train_gpt.py as first published), as a preset of ours

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from trainer.data import doc_cu_seqlens
 from trainer.dist import all_reduce_
 
 
@@ -72,7 +73,8 @@ def eval_score_windows(model, tokens: torch.Tensor, plan: torch.Tensor, seq_len:
 
     Batches are always ``[batch_seqs, seq_len]`` (short windows padded at the end, where a
     causal model cannot see them; missing rows padded with empty windows), so a compiled model
-    sees one shape.
+    sees one shape. A model with ``varlen_attn`` set gets each batch's document bounds (one host
+    sync per batch: ``trainer.data.doc_cu_seqlens``).
     """
     if batch_seqs < 1:
         raise ValueError(f"EVAL_BATCH_SEQS={batch_seqs}: must be at least 1")
@@ -89,6 +91,7 @@ def eval_score_windows(model, tokens: torch.Tensor, plan: torch.Tensor, seq_len:
     plan = torch.cat([plan, torch.tensor([[0, 1, 1]], dtype=torch.int64).expand(n_pad, 3)])
     plan_dev = plan.to(device)  # one copy up front: no host-device sync inside the loop
     pos = torch.arange(seq_len, dtype=torch.int64, device=device)
+    packed = bool(getattr(model, "varlen_attn", False))
     for b0 in range(0, n_win, batch_seqs):
         part, part_dev = plan[b0:b0 + batch_seqs], plan_dev[b0:b0 + batch_seqs]
         # scored positions j = k - ws - 1 span [p0, p1) in this batch (from the CPU copy: no sync)
@@ -99,7 +102,10 @@ def eval_score_windows(model, tokens: torch.Tensor, plan: torch.Tensor, seq_len:
         x = tokens[idx]
         y = tokens[(idx[:, p0:p1] + 1).clamp(max=n - 1)]
         with torch.no_grad(), eval_autocast(device):
-            logits = model(x)
+            if packed:  # VARLEN_ATTN: attention stays inside each document, as in training
+                logits = model(x, cu_seqlens=doc_cu_seqlens(x, model.doc_bos_id), max_seqlen=seq_len)
+            else:
+                logits = model(x)
         logits = logits[:, p0:p1].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
         k = part_dev[:, :1] + 1 + pos[None, p0:p1]

@@ -6,9 +6,13 @@ progress is elapsed / (MAX_WALLCLOCK_SECONDS - GPTQ_RESERVE_SECONDS) when a cap 
 step / ITERATIONS; the EMA of the weights is swapped in at the end.
 
 Any world size sees the same global batch: GRAD_ACCUM_STEPS (0 = 8 // world size) micro-steps
-of TRAIN_BATCH_TOKENS / world / accum tokens per rank, gradients averaged by one all-reduce.
-In distributed runs the clock readings that drive decisions (recurrence, LR, cap) are the
-maximum over ranks, so every rank switches and stops at the same step.
+of TRAIN_BATCH_TOKENS / world / accum tokens per rank (DATA_SAMPLER=shuffled: the same windows for
+any world size), gradients averaged by a few large collectives (trainer.optim.TrainOptimizers).
+With VARLEN_ATTN the batches carry their document bounds (cu_seqlens, padded to buckets of 64
+entries so a compiled model sees few shapes; the warm-up compiles the likely buckets). In
+distributed runs the clock readings that drive decisions (recurrence, LR, cap) are the maximum
+over ranks, so every rank switches and stops at the same step. The clock is a parameter
+(``time.perf_counter`` by default) so the cap's logic is testable without wall time.
 """
 
 from __future__ import annotations
@@ -23,10 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as tdist
 import torch.nn as nn
 
-from trainer.data import DistributedTokenLoader
+from trainer.data import CU_SEQLENS_BUCKET, doc_cu_seqlens, make_train_loader
 from trainer.dist import DistInfo, all_reduce_
 from trainer.model import GPT
 from trainer.optim import build_optimizers, lr_scale_at, muon_momentum_at, training_fraction
@@ -98,19 +101,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _average_grads(params: list[nn.Parameter], world_size: int) -> None:
-    """One all-reduce over all gradients (flattened), then divide by the world size."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    tdist.all_reduce(flat)
-    flat.div_(world_size)
-    off = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[off:off + n].view_as(p)
-        off += n
-
-
 def _val_numbers(res) -> tuple[float, float]:
     if hasattr(res, "val_loss"):
         return float(res.val_loss), float(getattr(res, "val_bpb", float("nan")))
@@ -140,7 +130,10 @@ def mean_loss_validator(h, dist: DistInfo, val_tokens: torch.Tensor, max_seqs: i
                 chunk = val_tokens[s * T:e * T + 1].to(dist.device, dtype=torch.int64)
                 x, y = chunk[:-1].view(-1, T), chunk[1:].view(-1, T)
                 with autocast_context(dist.device):
-                    loss = model(x, y)
+                    if getattr(model, "varlen_attn", False):  # no attention across documents
+                        loss = model(x, y, cu_seqlens=doc_cu_seqlens(x), max_seqlen=T)
+                    else:
+                        loss = model(x, y)
                 sums[0] += loss.double() * y.numel()
                 sums[1] += y.numel()
         model.train(was)
@@ -150,27 +143,53 @@ def mean_loss_validator(h, dist: DistInfo, val_tokens: torch.Tensor, max_seqs: i
     return validate
 
 
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Room for the compiled graphs a run needs (train/eval x recurrence x cu_seqlens buckets)."""
+    import torch._dynamo.config as dc
+
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, key):
+            setattr(dc, key, max(getattr(dc, key), limit))
+
+
+def warmup_buckets(observed: list[int], rows: int, bucket: int = CU_SEQLENS_BUCKET, spread: int = 1
+                   ) -> list[int]:
+    """cu_seqlens lengths to compile ahead: every bucket from one below the smallest observed to one
+    above the largest (``spread`` buckets of margin), never below what ``rows`` rows need."""
+    lowest = -(-(rows + 1) // bucket) * bucket
+    lo = max(lowest, min(observed) - spread * bucket)
+    return list(range(lo, max(observed) + spread * bucket + 1, bucket))
+
+
 def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = None,
-                 train_pattern: str | None = None) -> TrainOutcome:
+                 train_pattern: str | None = None, clock: Callable[[], float] = time.perf_counter
+                 ) -> TrainOutcome:
     """Train per ``h`` on this rank; returns the EMA model and how training went.
 
     ``validate(model)`` (optional) runs every VAL_LOSS_EVERY steps (0: only at the end) and at the
     last step, on all ranks, returning an object with ``val_loss``/``val_bpb`` or a pair.
-    ``train_pattern`` defaults to DATA_PATH/fineweb_train_*.bin.
+    ``train_pattern`` defaults to DATA_PATH/fineweb_train_*.bin. ``clock()`` returns seconds; it
+    times training and drives the wallclock cap, the LR schedule and recurrence.
     """
     device = dist.device
     cuda = device.type == "cuda"
     ga = resolve_grad_accum(h, dist.world_size)
+    T = h.train_seq_len
     pattern = train_pattern or os.path.join(h.data_path, "fineweb_train_*.bin")
-    loader = DistributedTokenLoader(pattern, dist.rank, dist.world_size, device)
 
+    def new_loader():
+        return make_train_loader(h, pattern, dist.rank, dist.world_size, device)
+
+    loader = new_loader()
     model = build_model(h, device)
     params = list(model.parameters())
     log.line(f"model_params:{sum(p.numel() for p in params)}")
     log.line(f"world_size:{dist.world_size} grad_accum_steps:{ga} micro_batch_tokens:"
-             f"{h.train_batch_tokens // (dist.world_size * ga)} seq_len:{h.train_seq_len}")
+             f"{h.train_batch_tokens // (dist.world_size * ga)} seq_len:{T} data_sampler:{h.data_sampler} "
+             f"varlen_attn:{int(h.varlen_attn)}")
     runner: nn.Module = model
     if cuda and h.compile:
+        _raise_recompile_limit()
         opts = {k: v for k, v in COMPILE_OPTIONS.items() if _inductor_has(k)}
         runner = torch.compile(model, dynamic=False, fullgraph=True, options=opts or None)
     opt = build_optimizers(h, model)
@@ -184,21 +203,29 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
         log.line(f"wallclock_cap: {h.max_wallclock_seconds:g}s - reserve {h.gptq_reserve_seconds:g}s "
                  f"= {cap_ms:.0f}ms of training")
 
+    def forward_loss(x, y, cu) -> torch.Tensor:
+        with autocast_context(device):
+            if cu is None:
+                return runner(x, y)
+            return runner(x, y, cu_seqlens=cu, max_seqlen=T)
+
+    def micro_batch(ld):
+        if h.varlen_attn:
+            return ld.next_packed_batch(h.train_batch_tokens, T, ga)
+        x, y = ld.next_batch(h.train_batch_tokens, T, ga)
+        return x, y, None
+
     def train_step(step: int, lr_scale: float) -> torch.Tensor:
         opt.zero_grad()
         total = torch.zeros((), device=device)
         for _ in range(ga):
-            x, y = loader.next_batch(h.train_batch_tokens, h.train_seq_len, ga)
-            with autocast_context(device):
-                loss = runner(x, y)
+            x, y, cu = micro_batch(loader)
+            loss = forward_loss(x, y, cu)
             (loss / ga).backward()
             total += loss.detach()
-        if dist.world_size > 1:
-            _average_grads(params, dist.world_size)
         opt.set_muon_momentum(muon_momentum_at(h, step))
         opt.set_lr_scale(lr_scale)
-        if h.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, h.grad_clip_norm)
+        opt.sync_and_clip(h.grad_clip_norm)
         opt.step()
         return total / ga
 
@@ -207,21 +234,39 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
         saved_model = copy.deepcopy(model.state_dict())
         saved_opt = copy.deepcopy(opt.state_dict())
         t_w = time.perf_counter()
-        for i in range(h.warmup_steps):
-            train_step(i, 1.0)
-        if model.has_loops:
-            model.set_recurrence(True)
-            log.line(f"loop_warmup:enabled encoder:{model.encoder_indices} decoder:{model.decoder_indices}")
+        modes = [False, True] if model.has_loops else [False]
+        if h.varlen_attn:
+            # each cu_seqlens length is its own compiled graph: compile the likely ones now, from the
+            # lengths a sample of batches needs (forward + backward only; nothing is stepped)
+            x, y, _ = micro_batch(loader)
+            sizes = [micro_batch(loader)[2].numel() for _ in range(16)]
+            buckets = warmup_buckets(sizes, x.size(0))
+            log.line(f"warmup_cu_buckets:{','.join(map(str, buckets))} (observed {min(sizes)}-{max(sizes)})")
+            starts = torch.arange(0, x.numel(), T, dtype=torch.int32, device=device)
+            for on in modes:
+                model.set_recurrence(on)
+                for size in buckets:
+                    cu = torch.full((size,), x.numel(), dtype=torch.int32, device=device)
+                    cu[:starts.numel()] = starts
+                    opt.zero_grad()
+                    (forward_loss(x, y, cu) / ga).backward()
+            model.set_recurrence(False)
+            opt.zero_grad()
+        for on in modes:
+            model.set_recurrence(on)
+            if on:
+                log.line(f"loop_warmup:enabled encoder:{model.encoder_indices} "
+                         f"decoder:{model.decoder_indices}")
             for i in range(h.warmup_steps):
                 train_step(i, 1.0)
-            model.set_recurrence(False)
+        model.set_recurrence(False)
         _sync(device)
         log.line(f"warmup: {h.warmup_steps} steps per graph in {time.perf_counter() - t_w:.1f}s "
                  "(state reset after)")
         model.load_state_dict(saved_model)
         opt.load_state_dict(saved_opt)
         opt.zero_grad()
-        loader = DistributedTokenLoader(pattern, dist.rank, dist.world_size, device)
+        loader = new_loader()
         del saved_model, saved_opt
 
     ema = [p.detach().float().clone() for p in params] if h.ema_decay > 0 else None
@@ -229,7 +274,7 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
         torch.cuda.reset_peak_memory_stats(device)
 
     def shared_elapsed(train_ms: float, t0: float) -> float:
-        ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        ms = train_ms + 1000.0 * (clock() - t0)
         if dist.world_size > 1:  # one clock for all ranks: the slowest
             t = torch.tensor([ms], dtype=torch.float64, device=device)
             all_reduce_(t, op="max")
@@ -247,7 +292,7 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
     last_loss = float("nan")
     stop_reason = "iterations"
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     while True:
         elapsed = shared_elapsed(train_ms, t0)
         capped = cap_ms is not None and elapsed >= cap_ms
@@ -257,7 +302,7 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
             train_ms = shared_elapsed(train_ms, t0)
             run_validation(step, train_ms)
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
         if last:
             if capped and step < h.iterations:
                 stop_reason = "wallclock_cap"
@@ -269,7 +314,7 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
             log.line(f"layer_loop:enabled step:{step} frac:{frac:.3f} encoder:{model.encoder_indices} "
                      f"decoder:{model.decoder_indices}")
             log.event("recurrence_on", step=step, frac=frac)
-        loss = train_step(step, lr_scale_at(frac, h.warmdown_frac))
+        loss = train_step(step, lr_scale_at(frac, h.warmdown_frac, h.min_lr))
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - h.ema_decay)
@@ -279,7 +324,7 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
             if dist.world_size > 1:
                 loss = all_reduce_(loss.detach().clone()) / dist.world_size
             last_loss = float(loss.item())  # syncs: the clock below is exact
-            t_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+            t_ms = train_ms + 1000.0 * (clock() - t0)
             tok_s = step * h.train_batch_tokens / max(t_ms / 1000.0, 1e-9)
             log.line(f"step:{step}/{h.iterations} train_loss:{last_loss:.4f} train_time:{t_ms:.0f}ms "
                      f"step_avg:{t_ms / step:.2f}ms tok/s:{tok_s:.0f}")
@@ -306,6 +351,7 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
         with torch.no_grad():
             torch._foreach_copy_(params, ema)
         log.line(f"ema: applied EMA weights (decay {h.ema_decay})")
+    model.bake_shared_heads()  # shared-specific attention: identical stored copies (same function)
     return TrainOutcome(model=model, runner=runner, steps=step, iterations=h.iterations,
                         train_time_ms=train_ms, stop_reason=stop_reason, peak_mem_mib=peak,
                         recurrence_step=rec_step, final_train_loss=last_loss, grad_accum_steps=ga,
