@@ -9,6 +9,7 @@ import importlib
 import io
 import pydoc_data.topics
 
+import pytest
 import sentencepiece as spm
 import torch
 import torch.nn as nn
@@ -163,3 +164,13 @@ def tiny_gpt(seed: int = 0, recurrence: bool = True) -> nn.Module:
             if p.dim() == 2 and not p.any():
                 p.normal_(0.0, 0.02)
     return gpt.eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads contend and tiny models run
+    up to 100x slower (import this fixture into a test module to use it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

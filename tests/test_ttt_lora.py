@@ -10,7 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest_eval import VOCAB, tiny_gpt
+from conftest_eval import (
+    VOCAB,
+    single_thread,  # noqa: F401 - autouse fixture
+    tiny_gpt,
+)
 
 from trainer.ttt_lora import DocLoraBank, lora_layer_slots, lora_token_nll
 

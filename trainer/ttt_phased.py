@@ -50,9 +50,10 @@ from trainer.ttt import cosine_lr, train_scored_sequences, ttt_chunk_bounds
 from trainer.ttt_lora import DocLoraBank, lora_token_nll
 
 PHASED_BOS_ID = 1  # documents start with <s> in the challenge's SentencePiece models
-# cost model: a row-iteration (one document's adapter state read, updated and written) weighs about
-# as much as this many window tokens of forward+backward (rough; only balances ranks and budgets)
-ROW_ITER_PASSES = 1024
+# cost model: a row-iteration (one document's adapter state, ~7M values at full size, cast, updated
+# and written: ~220 MB of memory traffic, ~90 us on an H100) weighs about as much as this many window
+# tokens of forward+backward (~1.2M/s per H100); only balances ranks and scales measured rates
+ROW_ITER_PASSES = 128
 
 
 def find_documents(tokens: torch.Tensor, bos_id: int = PHASED_BOS_ID) -> torch.Tensor:
@@ -132,11 +133,12 @@ def plan_phased(h, docs: torch.Tensor, world_size: int) -> PhasedPlan:
     for a, b in zip(cuts[:-1], cuts[1:]):
         seg = [j for j in order[a:b] if lengths[j] >= 2]  # a lone BOS has no target of its own
         costs = [work_cost(batch_work([lengths[j]], chunk, L, 1)) for j in seg]
-        # a batch stays under 1/(2W) of the segment's work so the longest documents spread over ranks
+        # a batch stays under 1/(2W) of the segment's work so the longest documents spread over ranks,
+        # but holds 2 documents at least (a 1-row batch would be padded to 2 rows anyway)
         cap = max(sum(costs) / (2 * world_size), 1)
         batches, cur, cur_cost = [], [], 0
         for j, c in zip(seg, costs):
-            if cur and (len(cur) >= rows or cur_cost + c > cap):
+            if len(cur) >= rows or (len(cur) >= 2 and cur_cost + c > cap):
                 batches.append(cur)
                 cur, cur_cost = [], 0
             cur.append(j)
@@ -461,8 +463,8 @@ class _PhasedRun:
                         el = budget.clock() - t_start
                         self._line(f"eval_budget: stop adapting at segment:{si + 1}/{n_seg} batch:{bi + 1}/"
                                    f"{len(mine)} (rank {self.dist.rank}) elapsed:{el:.1f}s: adapting would "
-                                   f"pass EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g}; the rest is only "
-                                   "scored (no update uses it, so the score stays legal)")
+                                   f"pass the deadline (EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g} from the "
+                                   "eval start); the rest is only scored (no update uses it: still legal)")
                         budget.stopped = True
                 t0 = budget.clock()
                 it, ri, passes, ntok = self.lora_batch(ids, adapt)
@@ -493,9 +495,9 @@ class _PhasedRun:
                 self._part(f"global_{si + 1}")
                 continue
             if not budget.stopped:
-                self._line(f"eval_budget: skip global phase {si + 1}/{len(plan.bounds)}: it would pass "
-                           f"EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g} on some rank; no more adaptation, "
-                           "the rest is only scored")
+                self._line(f"eval_budget: skip global phase {si + 1}/{len(plan.bounds)}: it would pass the "
+                           f"deadline (EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g}) on some rank; no more "
+                           "adaptation, the rest is only scored")
             budget.stopped = True
 
 
