@@ -10,7 +10,14 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
-from conftest_eval import TinyCausalLM, cpu_dist, eval_hparams, make_sp, real_val_tokens
+from conftest_eval import (
+    TinyCausalLM,
+    cpu_dist,
+    eval_hparams,
+    make_sp,
+    real_val_tokens,
+    single_thread,  # noqa: F401 - autouse fixture
+)
 
 from trainer.bpb import ByteCounter, position_bytes
 from trainer.dist import DistInfo
@@ -158,3 +165,34 @@ def test_two_gloo_processes_match_one(counter, tmp_path):
         assert r["same_weights"]  # every rank ends with the same weights ...
         one = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         assert torch.allclose(r["weights"], one, atol=1e-5)  # ... those of the 1-process run
+
+
+class _ForwardClock:
+    """A clock advanced by the work: every model forward adds its input tokens (no wall time)."""
+
+    def __init__(self, model):
+        self.t = 0.0
+        model.register_forward_hook(lambda mod, args, out: setattr(self, "t", self.t + args[0].numel()))
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_budget_stop_scores_the_rest_without_training(counter):
+    from trainer.probes import TokenTimeline, check_timeline
+
+    tokens = real_val_tokens(800)[:650]
+    vb = position_bytes(counter, tokens)
+    h = eval_hparams(ttt_chunk_tokens=96, ttt_epochs=2)
+    model = TinyCausalLM()
+    full = _ForwardClock(model)
+    res_full = eval_ttt(h, model, cpu_dist(), tokens, vb, clock=full)
+    model = TinyCausalLM()
+    clock, tl, lines = _ForwardClock(model), TokenTimeline(tokens.numel()), []
+    res = eval_ttt(h, model, cpu_dist(), tokens, vb, recorder=tl, clock=clock, deadline=0.85 * full.t,
+                   log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("eval_budget: stop adapting at chunk:")
+    assert clock.t <= 0.85 * full.t
+    r = check_timeline(tl)
+    assert r.passed and r.evidence["tokens_used_for_updates"] > 0, r.message
+    assert (res.tokens, res.bytes) == (res_full.tokens, res_full.bytes) and res.nll_sum != res_full.nll_sum
