@@ -118,7 +118,7 @@ class DocLoraBank:
     def weights(self, n: int) -> torch.Tensor:
         """A leaf over rows ``[:n]`` (sharing storage with the bank) that this forward's hooks use."""
         self._w = self.flat[:n].detach().requires_grad_(True)
-        self._calls = {}
+        self._calls.clear()  # in place: the compiled graph guards on this dict
         self.live = True
         return self._w
 
@@ -128,7 +128,7 @@ class DocLoraBank:
     def detach(self) -> None:
         self._w = None
         self.live = False
-        self._calls = {}
+        self._calls.clear()
 
     def close(self) -> None:
         self.detach()

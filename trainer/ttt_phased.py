@@ -81,19 +81,42 @@ def padded_len(t: int, seq_len: int) -> int:
     return max(2, min(-(-t // 8) * 8, max(seq_len, t)))
 
 
+def _window_table(chunk: int, seq_len: int, n: int) -> torch.Tensor:
+    """``S[k]``: window tokens of chunks ``0..k-1`` of a document that has more than k chunks."""
+    t = torch.minimum(torch.arange(1, n + 1, dtype=torch.int64) * chunk, torch.tensor(seq_len))
+    t = torch.minimum(-(-t // 8) * 8, torch.tensor(max(seq_len, 1))).clamp(min=2)
+    return torch.cat([torch.zeros(1, dtype=torch.int64), t.cumsum(0)])
+
+
 def batch_work(lengths: list[int], chunk: int, seq_len: int, min_rows: int = 2) -> tuple[int, int, int]:
     """(iterations, row-iterations, window tokens) of a batch of documents (lengths sorted
-    descending), as the loop below runs it (at least ``min_rows`` rows, windows ``padded_len``)."""
+    descending), as the loop below runs it (at least ``min_rows`` <= 2 rows, windows
+    ``padded_len``), in closed form: every row runs at the first row's window length."""
     m = torch.tensor(lengths, dtype=torch.int64) - 1
     m = m[m > 0]
     if not m.numel():
         return 0, 0, 0
     nc = -(-m // chunk)
-    ci = torch.arange(int(nc[0]))
-    n_act = (nc[None, :] > ci[:, None]).sum(1).clamp(min=min_rows)
-    t = torch.minimum(torch.minimum((ci + 1) * chunk, m[0]), torch.tensor(seq_len))
-    t = torch.tensor([padded_len(int(v), seq_len) for v in t])
-    return int(ci.numel()), int(n_act.sum()), int((n_act * t).sum())
+    n0 = int(nc[0])
+    table = _window_table(chunk, seq_len, n0)
+    last = padded_len(min(int(m[0]), seq_len), seq_len)  # the first row's last chunk
+    per_row = table[nc.clamp(max=n0 - 1)] + torch.where(nc == n0, last, 0)
+    passes, rows = int(per_row.sum()), int(nc.sum())
+    if min_rows >= 2:  # while a single row is active it runs alongside a padding row
+        n1 = int(nc[1]) if nc.numel() > 1 else 0
+        if n1 < n0:
+            passes += int(table[n0 - 1] - table[n1]) + last
+            rows += n0 - n1
+    return n0, rows, passes
+
+
+def doc_costs(lengths: torch.Tensor, chunk: int, seq_len: int) -> torch.Tensor:
+    """``work_cost`` of each document (length >= 2) alone in a batch of one row, vectorised."""
+    m = lengths - 1
+    nc = -(-m // chunk)
+    table = _window_table(chunk, seq_len, int(nc.max()) if nc.numel() else 1)
+    last = torch.minimum(-(-m.clamp(max=seq_len) // 8) * 8, torch.tensor(max(seq_len, 1))).clamp(min=2)
+    return table[nc - 1] + last + ROW_ITER_PASSES * nc
 
 
 def work_cost(work: tuple[int, int, int]) -> int:
@@ -132,7 +155,7 @@ def plan_phased(h, docs: torch.Tensor, world_size: int) -> PhasedPlan:
     plan = PhasedPlan(docs, order, bounds, [], [])
     for a, b in zip(cuts[:-1], cuts[1:]):
         seg = [j for j in order[a:b] if lengths[j] >= 2]  # a lone BOS has no target of its own
-        costs = [work_cost(batch_work([lengths[j]], chunk, L, 1)) for j in seg]
+        costs = doc_costs(torch.tensor([lengths[j] for j in seg], dtype=torch.int64), chunk, L).tolist()
         # a batch stays under 1/(2W) of the segment's work so the longest documents spread over ranks,
         # but holds 2 documents at least (a 1-row batch would be padded to 2 rows anyway)
         cap = max(sum(costs) / (2 * world_size), 1)
@@ -324,7 +347,8 @@ class _PhasedRun:
         docs = plan.docs
         ends = docs[1:, 0]  # the BOS positions after 0
         lens = docs[:-1, 1].clamp(max=self.h.eval_seq_len)
-        order = sorted(range(ends.numel()), key=lambda i: (-int(lens[i]), i))
+        lens_l = lens.tolist()
+        order = sorted(range(len(lens_l)), key=lambda i: (-lens_l[i], i))
         mine = order[self.dist.rank::self.dist.world_size]
         rows = self.runner.rows
         if self.runner.bank is not None:
@@ -463,8 +487,8 @@ class _PhasedRun:
                         el = budget.clock() - t_start
                         self._line(f"eval_budget: stop adapting at segment:{si + 1}/{n_seg} batch:{bi + 1}/"
                                    f"{len(mine)} (rank {self.dist.rank}) elapsed:{el:.1f}s: adapting would "
-                                   f"pass the deadline (EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g} from the "
-                                   "eval start); the rest is only scored (no update uses it: still legal)")
+                                   f"pass the deadline (EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g} from "
+                                   "the eval start); the rest is only scored (no update uses it: legal)")
                         budget.stopped = True
                 t0 = budget.clock()
                 it, ri, passes, ntok = self.lora_batch(ids, adapt)
