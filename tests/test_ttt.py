@@ -22,6 +22,7 @@ from conftest_eval import (
 from trainer.bpb import ByteCounter, position_bytes
 from trainer.dist import DistInfo
 from trainer.evaluate import eval_sliding
+from trainer.probes import TokenTimeline, check_timelines
 from trainer.ttt import eval_ttt, ttt_chunk_bounds, ttt_lr_at
 
 
@@ -131,14 +132,17 @@ def _worker(rank: int, world: int, init: str, tokens, state, out_path: str) -> N
             model = TinyCausalLM()
             model.load_state_dict(state)
             slide = eval_sliding(h, model, dist, tokens, position_bytes(counter, tokens))
-            ttt = eval_ttt(h, model, dist, tokens, position_bytes(counter, tokens))
+            tl = TokenTimeline(tokens.numel())
+            ttt = eval_ttt(h, model, dist, tokens, position_bytes(counter, tokens), recorder=tl)
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
             gathered = [torch.zeros_like(flat) for _ in range(world)]
             tdist.all_gather(gathered, flat)
             same = all(torch.equal(gathered[0], g) for g in gathered)
+            timelines = [None] * world
+            tdist.all_gather_object(timelines, tl.state())
             results.append(dict(slide=slide.nll_sum, slide_n=slide.tokens, slide_b=slide.bytes,
                                 ttt=ttt.nll_sum, ttt_n=ttt.tokens, ttt_b=ttt.bytes, same_weights=same,
-                                weights=flat))
+                                weights=flat, timelines=timelines))
         if rank == 0:
             torch.save(results, out_path)
     finally:
@@ -165,6 +169,9 @@ def test_two_gloo_processes_match_one(counter, tmp_path):
         assert r["same_weights"]  # every rank ends with the same weights ...
         one = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         assert torch.allclose(r["weights"], one, atol=1e-5)  # ... those of the 1-process run
+        check = check_timelines(r["timelines"])  # scored once, before any step that used it, on any rank
+        assert check.passed and check.evidence["tokens_scored"] == tokens.numel() - 1, check.message
+        assert all(int(t["score_count"].sum()) > 0 for t in r["timelines"])
 
 
 class _ForwardClock:

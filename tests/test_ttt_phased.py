@@ -377,3 +377,29 @@ def test_two_gloo_processes_match_one(stream, tmp_path):
     check = check_timelines(states)
     assert check.passed, check.message
     assert check.evidence["tokens_scored"] == tokens.numel() - 1
+
+
+# --- on a GPU (the lead runs these) -------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.compile of the hooked model)")
+def test_compiled_on_cuda_matches_eager_and_compiles_once(stream):
+    import torch._dynamo.utils as dynamo_utils
+
+    from trainer.ttt_phased import LoraRunner, lora_warmup
+
+    tokens, vb = stream
+    dev = torch.device("cuda")
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=dev)
+    results = {}
+    for compiled in (False, True):
+        h = lora_hparams(compile=compiled)
+        model = tiny_gpt().to(dev)
+        runner = LoraRunner(h, model, dev)
+        lora_warmup(h, runner)
+        graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+        results[compiled] = eval_ttt_phased(h, model, dist, tokens, vb, runner=runner)
+        runner.close()
+        if compiled:  # the warm-up compiled every shape the evaluation ran: no recompilation during it
+            assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
+    assert results[True].tokens == results[False].tokens == tokens.numel() - 1
+    assert results[True].val_bpb == pytest.approx(results[False].val_bpb, rel=1e-2)

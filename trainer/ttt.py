@@ -79,7 +79,8 @@ def train_scored_sequences(model, dist, tokens: torch.Tensor, lo: int, hi: int, 
     (inputs ``tokens[lo-1+m*L : lo-1+(m+1)*L]``), ``epochs`` passes, ``per_step`` sequences per
     step split over the ranks (gradients summed so a step is the same batch mean for any world
     size), clipped to ``grad_clip`` (0 = off). ``recorder.on_train`` gets the positions (in
-    ``tokens``) of every step's inputs and targets. Returns the number of optimizer steps."""
+    ``tokens``) of every step's inputs and targets, ``recorder.on_sync()`` (if it has one) follows
+    every step. Returns the number of optimizer steps."""
     n_seq = (hi - lo) // seq_len
     if n_seq == 0 or epochs <= 0:
         return 0
@@ -107,6 +108,8 @@ def train_scored_sequences(model, dist, tokens: torch.Tensor, lo: int, hi: int, 
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             steps += 1
+            if recorder is not None and hasattr(recorder, "on_sync"):
+                recorder.on_sync()  # a collective update: every rank's weights now hold every rank's step
     model.eval()
     return steps
 

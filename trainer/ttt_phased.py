@@ -288,6 +288,10 @@ class _MappedRecorder:
     def on_train(self, ids: torch.Tensor) -> None:
         self.recorder.on_train(self.positions[ids.reshape(-1).long().cpu()])
 
+    def on_sync(self) -> None:
+        if hasattr(self.recorder, "on_sync"):
+            self.recorder.on_sync()
+
 
 class _PhasedRun:
     def __init__(self, h, model, dist, tokens: torch.Tensor, val_bytes: torch.Tensor, runner: LoraRunner,
