@@ -19,15 +19,17 @@ Order of work (all of it fixed up front, from the document lengths only):
    TTT_LORA_CHUNK_TOKENS; for each chunk in order: one forward over the window of the last
    EVAL_SEQ_LEN tokens up to the chunk's end (never before the document's start) gives the chunk's
    scores (full softmax) and, unless it is the document's last chunk, the loss (mean NLL over the
-   chunk) of one AdamW step on that document's adapter. A chunk is scored before the update that
-   uses it; the adapter only ever sees its own document, and is reset before the next one.
+   chunk) of one AdamW step on that document's adapter. The scores are taken (detached) from that
+   forward before its backward and step, so a chunk is scored before the update that uses it; the
+   adapter only ever sees its own document, and is reset before the next one.
 4. Global SGD (GLOBAL_TTT_*): the scored documents in stream order, cut into
    GLOBAL_TTT_CHUNK_TOKENS chunks of whole EVAL_SEQ_LEN sequences, SGD with momentum on a cosine
    over the chunks (the last chunk is not trained on, as the record), gradients all-reduced so
    every rank keeps the same weights.
 
 Distributed: every rank builds the same plan; each segment's batches go to the ranks by longest
-processing time (the cost model below); the global phases split each step's sequences over ranks.
+processing time (the cost model below; batches of the longest documents are cut smaller so they
+spread over the ranks); the global phases split each step's sequences over ranks.
 Rows of a batch are sorted by length, so finished documents drop off the end of the batch.
 
 Budget: with a ``deadline`` (a ``clock()`` value), before each batch a rank projects, from its
@@ -65,15 +67,6 @@ def find_documents(tokens: torch.Tensor, bos_id: int = PHASED_BOS_ID) -> torch.T
     starts = torch.cat([torch.zeros(1, dtype=torch.int64), starts[starts > 0]])
     ends = torch.cat([starts[1:], torch.tensor([n], dtype=torch.int64)])
     return torch.stack([starts, ends - starts], dim=1)
-
-
-def lora_chunk_windows(m: torch.Tensor, ci: int, chunk: int, seq_len: int):
-    """For documents with ``m`` targets each at chunk ``ci``: (chunk start, chunk end, window
-    start) in prediction indices (input ``d[p]``, target ``d[p+1]``), per document."""
-    cs = torch.full_like(m, ci * chunk)
-    ce = torch.minimum(m, cs + chunk)
-    ws = (ce - seq_len).clamp(min=0)
-    return cs, ce, ws
 
 
 def padded_len(t: int, seq_len: int) -> int:
@@ -350,28 +343,24 @@ class _PhasedRun:
         t0 = self.budget.clock()
         docs = plan.docs
         ends = docs[1:, 0]  # the BOS positions after 0
-        lens = docs[:-1, 1].clamp(max=self.h.eval_seq_len)
-        lens_l = lens.tolist()
-        order = sorted(range(len(lens_l)), key=lambda i: (-lens_l[i], i))
+        lens = docs[:-1, 1].clamp(max=self.h.eval_seq_len).tolist()
+        order = sorted(range(len(lens)), key=lambda i: (-lens[i], i))
         mine = order[self.dist.rank::self.dist.world_size]
         rows = self.runner.rows
+        # per-row values on the device once (a zero row at the end pads a last batch of one)
+        wl_all = torch.tensor([lens[i] for i in mine] + [0], dtype=torch.int64)
+        base_all = torch.cat([ends[mine] - wl_all[:-1], torch.zeros(1, dtype=torch.int64)])
+        wl_d, base_d = wl_all.to(self.device), base_all.to(self.device)
         if self.runner.bank is not None:
             self.runner.bank.reset()
         passes = row_iters = 0
         for b0 in range(0, len(mine), rows):
-            ids = torch.tensor(mine[b0:b0 + rows], dtype=torch.int64)
-            n_real = ids.numel()
-            wl = lens[ids]
-            base = ends[ids] - wl  # the window's first input
-            n = max(n_real, min(2, rows))
-            if n > n_real:
-                wl = torch.cat([wl, wl.new_zeros(n - n_real)])
-                base = torch.cat([base, base.new_zeros(n - n_real)])
-            t = padded_len(int(wl.max()), self.h.eval_seq_len)
-            wl_d, base_d = wl.to(self.device), base.to(self.device)
-            x, y = self._windows(base_d, wl_d, t)
+            n = max(min(rows, len(mine) - b0), min(2, rows))
+            t = padded_len(lens[mine[b0]], self.h.eval_seq_len)
+            wl, base = wl_d[b0:b0 + n], base_d[b0:b0 + n]
+            x, y = self._windows(base, wl, t)
             nll = self.runner.nll(x, y)
-            self._score(nll, base_d, wl_d - 1, wl_d)  # the last input predicts the BOS
+            self._score(nll, base, wl - 1, wl)  # the last input predicts the BOS
             passes += n * t
             row_iters += n
         if self.runner.bank is not None:
@@ -383,45 +372,46 @@ class _PhasedRun:
                    f"row_iters:{row_iters} time:{sec:.3f}s")
 
     def lora_batch(self, doc_ids: list[int], adapt: bool) -> tuple[int, int, int, int]:
-        """Score (and, if ``adapt``, adapt on) one batch of documents; returns (iterations,
-        row-iterations, window tokens, targets)."""
+        """Score (and, if ``adapt``, adapt on) one batch of documents (longest first); returns
+        (iterations, row-iterations, window tokens, targets). Rows that finished drop off the end
+        of the batch; shapes come from host-side values, so the loop never waits for the GPU."""
         h = self.h
         docs = self.plan.docs[doc_ids]
         starts, m = docs[:, 0], docs[:, 1] - 1
         chunk = h.ttt_lora_chunk_tokens if adapt else score_only_chunk(h)
         L = h.eval_seq_len
         nc = -(-m // chunk)
+        rows, m0 = self.runner.rows, int(m[0])
+        pad = max(0, min(2, rows) - len(doc_ids))  # 2 rows at least: 1 row would be one more compiled shape
+        starts_d = torch.cat([starts, starts.new_zeros(pad)]).to(self.device)
+        m_d = torch.cat([m, m.new_zeros(pad)]).to(self.device)  # a padding row has no target
         bank = self.runner.bank
         if bank is not None:
             bank.reset()
-        rows = self.runner.rows
         iters = row_iters = passes = 0
         for ci in range(int(nc[0])):
             n_act = int((nc > ci).sum())
             n_tr = int((nc - 1 > ci).sum()) if adapt else 0
-            cs, ce, ws = lora_chunk_windows(m[:n_act], ci, chunk, L)
-            wl, lo = ce - ws, cs - ws
-            base = starts[:n_act] + ws
-            n = max(n_act, min(2, rows))
-            if n > n_act:  # 2 rows at least: a 1-row batch would be one more compiled shape
-                pad = n - n_act
-                wl, lo, base = (torch.cat([v, v.new_zeros(pad)]) for v in (wl, lo, base))
-            t = padded_len(int(wl.max()), L)
-            base_d, wl_d, lo_d = base.to(self.device), wl.to(self.device), lo.to(self.device)
-            x, y = self._windows(base_d, wl_d, t)
+            n = max(n_act, min(2, rows))  # a finished row kept as padding scores nothing
+            cs = ci * chunk
+            ce = m_d[:n].clamp(max=cs + chunk)
+            ws = (ce - L).clamp(min=0)
+            wl, lo, base = ce - ws, cs - ws, starts_d[:n] + ws
+            ce0 = min(m0, cs + chunk)
+            ws0 = max(0, ce0 - L)  # row 0 has the longest window
+            x, y = self._windows(base, wl, padded_len(ce0 - ws0, L))
             nll = self.runner.nll(x, y)
-            self._score(nll, base_d, lo_d, wl_d)
-            if n_tr > 0:
-                off = int(lo[0])  # every training row is at a full chunk: same window layout
+            self._score(nll, base, lo, wl)
+            if n_tr > 0:  # training rows are at a full chunk, all with row 0's window layout
                 if self.recorder is not None:
-                    pos = (base[:n_tr, None] + torch.arange(int(wl[0]) + 1)[None, :]).reshape(-1)
-                    self.recorder.on_train(pos)
-                nll[:n_tr, off:off + chunk].mean(-1).sum().backward()
+                    pos = starts[:n_tr, None] + ws0 + torch.arange(ce0 - ws0 + 1)[None, :]
+                    self.recorder.on_train(pos.reshape(-1))
+                nll[:n_tr, cs - ws0:cs - ws0 + chunk].mean(-1).sum().backward()
                 bank.adam_step(n_tr, ci + 1)
             del nll
             iters += 1
             row_iters += n
-            passes += n * t
+            passes += n * x.shape[1]
         if bank is not None:
             bank.detach()
         return iters, row_iters, passes, int(m.sum())
