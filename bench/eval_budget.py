@@ -1,6 +1,7 @@
 """Extrapolate the final evaluation's time (TTT_MODE=lora_phased) to the full validation set on N GPUs.
 
     python bench/eval_budget.py RUN.log --val 'DATA/fineweb_val_*.bin' [--gpus 8] [--budget 600]
+        [--set PHASED_TTT_PREFIX_DOCS=2500]
 
 RUN.log is a measured run (any GPU count, any VAL_MAX_TOKENS), e.g. EVAL_ONLY=1 on one or two GPUs.
 From its lines (trainer/final.py, trainer/ttt_phased.py) this fits
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--budget", type=float, default=600.0)
     ap.add_argument("--keep-first", action="store_true", help="fit on the run's first batch too")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the full-set plan instead of the log's (e.g. "
+                         "PHASED_TTT_PREFIX_DOCS=2500 when the measured run scaled it down)")
     a = ap.parse_args(argv)
     m = parse_eval_log(Path(a.log).read_text())
     if m["hparams"] is None or not m["lora"]:
@@ -153,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in m["hparams"].items():
         if hasattr(h, k):
             setattr(h, k, v)
+    over = dict(kv.split("=", 1) for kv in a.set)
+    h2 = Hyperparameters.from_env({"PRESET": h.preset, **over})
+    for k in over:
+        setattr(h, k.lower(), getattr(h2, k.lower()))
     docs = find_documents(load_validation_tokens(a.val, a.max_tokens))
     parts, (fa, fb, sa, sb, g) = extrapolate(m, h, docs, a.gpus, a.keep_first)
     n_tok = int(docs[:, 1].sum())

@@ -89,3 +89,7 @@ def test_command_line(measured, tmp_path, capsys):
                  "--budget", "1e9"]) == 0
     out = capsys.readouterr().out
     assert "extrapolated total_eval_time:" in out and "fits" in out and "lora_segment_3" in out
+    assert main([str(tmp_path / "run.log"), "--val", str(tmp_path / "fineweb_val_*.bin"), "--budget", "1e-3",
+                 "--set", "PHASED_TTT_PHASES=3"]) == 0
+    out = capsys.readouterr().out
+    assert "global_3" in out and "phases 3)" in out and "OVER by" in out
