@@ -35,7 +35,7 @@ PACKAGE = "trainer"
 # Dependency order: a module may import only from modules before it.
 MODULE_ORDER: list[str] = [
     "config", "dist", "runlog", "data", "bpb", "attention", "kernels", "model", "optim", "quant", "artifact",
-    "accounting", "evaluate", "ttt", "train", "export", "final", "main",
+    "accounting", "evaluate", "ttt", "ttt_lora", "ttt_phased", "train", "export", "final", "main",
 ]
 # trainer modules deliberately left out of the counted file (verifier-side tools)
 NOT_BUNDLED: list[str] = ["probes"]

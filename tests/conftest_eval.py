@@ -9,6 +9,7 @@ import importlib
 import io
 import pydoc_data.topics
 
+import pytest
 import sentencepiece as spm
 import torch
 import torch.nn as nn
@@ -124,3 +125,52 @@ def naive_nll(model: nn.Module, tokens: torch.Tensor, ctx_start) -> tuple[float,
             logp = torch.log_softmax(model(tokens[None, c:k])[0, -1].double(), -1)
             per.append(-float(logp[tokens[k]]))
     return sum(per), per
+
+
+@functools.cache
+def paragraph_val_tokens(n_docs: int, join: int = 1) -> torch.Tensor:
+    """A validation-style stream of ``n_docs`` documents of varied lengths (about 5 to 800 tokens):
+    paragraphs of the stdlib text, ``join`` consecutive paragraphs per document."""
+    sp = make_sp()
+    paras = [p.strip() for d in stdlib_documents() for p in d.split("\n\n") if p.strip()]
+    docs = ["\n\n".join(paras[i:i + join]) for i in range(0, join * n_docs, join)]
+    return torch.tensor(val_stream(sp, docs), dtype=torch.int64)
+
+
+def lora_hparams(**over) -> Hyperparameters:
+    """Tiny phased LoRA TTT settings: 64-token windows, 16-token chunks, 4 documents per batch."""
+    base = dict(ttt_mode="lora_phased", eval_seq_len=64, ttt_lora_rank=4, ttt_lora_alpha=8.0,
+                ttt_lora_lr=0.01, ttt_lora_chunk_tokens=16, ttt_lora_batch_docs=4, ttt_weight_decay=0.5,
+                ttt_beta1=0.0, ttt_beta2=0.99, phased_ttt_prefix_docs=8, phased_ttt_phases=2,
+                global_ttt_lr=0.01, global_ttt_momentum=0.9, global_ttt_epochs=1, global_ttt_chunk_tokens=192,
+                global_ttt_batch_seqs=2, global_ttt_grad_clip=1.0, eval_budget_seconds=0.0)
+    base.update(over)
+    return eval_hparams(**base)
+
+
+def tiny_gpt(seed: int = 0, recurrence: bool = True) -> nn.Module:
+    """The real model (trainer/model.py) at the tiny preset's size, fp32, vocab VOCAB."""
+    from trainer.attention import select_attention_backend
+    from trainer.model import GPT
+
+    select_attention_backend(torch.device("cpu"))
+    h = eval_hparams(eval_seq_len=64)
+    torch.manual_seed(seed)
+    gpt = GPT(h).float()
+    gpt.set_recurrence(recurrence)
+    # zero-initialised output projections would hide the adapters' effect on q/k/v/o: give them weight
+    with torch.no_grad():
+        for p in gpt.parameters():
+            if p.dim() == 2 and not p.any():
+                p.normal_(0.0, 0.02)
+    return gpt.eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads contend and tiny models run
+    up to 100x slower (import this fixture into a test module to use it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from conftest_eval import single_thread  # noqa: F401 - autouse fixture
 
 from pgolf.corpus import pydoc_topic_documents
 from pgolf.dataset import build_dataset
@@ -118,3 +120,80 @@ def test_over_the_limit_fails_in_one_line_and_writes_no_artifact(data, tmp_path)
     line = one_error_line(trainer({**data, "ARTIFACT_LIMIT_BYTES": "3000", "ITERATIONS": "2"}, tmp_path))
     assert "limit" in line and "3000" in line
     assert not list(tmp_path.glob("*.ptz"))
+
+
+def test_phased_lora_ttt_scores_the_artifact(run, data, tmp_path):
+    r = trainer({**data, "EVAL_ONLY": "1", "ARTIFACT": str(run / "t.ptz"), "TTT_MODE": "lora_phased",
+                 "SLIDING_WINDOW": "0", "TTT_LORA_RANK": "4", "TTT_LORA_BATCH_DOCS": "8",
+                 "PHASED_TTT_PREFIX_DOCS": "2", "PHASED_TTT_PHASES": "2", "GLOBAL_TTT_CHUNK_TOKENS": "256",
+                 "GLOBAL_TTT_BATCH_SEQS": "2"}, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = tmp_path / "t.log"
+    text = log.read_text()
+    (final,) = events_of(log, "final")
+    ttt = events_of(log, "eval")[-1]
+    assert final["phase"] == ttt["phase"] == "ttt" and final["val_bpb"] == ttt["val_bpb"]
+    assert "quantized_ttt_phased val_loss:" in text and "ttt_phased_done adapted_docs:" in text
+    globals_ = [ln for ln in text.splitlines() if ln.startswith("ttt_global phase:")]
+    assert len(globals_) == 2 and all(" steps:0 " not in ln for ln in globals_)
+    assert "ttt_doc_ends targets:" in text and "ttt_part:lora_segment_3 time:" in text
+    parts = [e["part"] for e in events_of(log, "eval_part")]
+    assert parts == ["load_decompress", "model_build", "quantized", "compile_warmup", "ttt_phased"]
+    assert final["eval_time_ms"] >= 1000 * sum(e["seconds"] for e in events_of(log, "eval_part")) - 1.0
+    assert text.index("eval_timer:") < text.index("eval_part:load_decompress")
+    assert "eval_budget: total_eval_time:" in text and "within EVAL_BUDGET_SECONDS=600" in text
+
+
+def test_a_bad_ttt_mode_is_one_clear_error(data, tmp_path):
+    line = one_error_line(trainer({**data, "TTT_MODE": "lora"}, tmp_path))
+    assert "TTT_MODE='lora'" in line and "lora_phased" in line
+
+
+def test_the_eval_timer_covers_loading_and_warmup(run, data, tmp_path, monkeypatch):
+    """With an injected clock (no wall time): the timer's first reading comes before the artifact
+    is read and decompressed, its last after the LoRA compile warm-up and the last phase, and
+    total_eval_time is exactly their difference."""
+    import trainer.final as final
+    from trainer.bpb import ByteCounter, position_bytes
+    from trainer.config import Hyperparameters
+    from trainer.data import load_validation_tokens
+    from trainer.dist import DistInfo
+    from trainer.main import load_tokenizer
+    from trainer.runlog import RunLog
+
+    events: list[tuple[str, float]] = []
+
+    def clock() -> float:
+        events.append(("tick", float(len(events))))
+        return float(len(events))
+
+    def traced(name, fn):
+        def wrapper(*a, **k):
+            events.append((name + "_begin", 0.0))
+            out = fn(*a, **k)
+            events.append((name + "_end", 0.0))
+            return out
+        return wrapper
+
+    monkeypatch.setattr(final, "load_artifact", traced("load", final.load_artifact))
+    monkeypatch.setattr(final, "lora_warmup", traced("warmup", final.lora_warmup))
+    env = {**RUN_ENV, **data, "TTT_MODE": "lora_phased", "TTT_LORA_RANK": "4", "TTT_LORA_BATCH_DOCS": "8",
+           "VAL_MAX_TOKENS": "800", "EVAL_BUDGET_SECONDS": "1000000", "SLIDING_WINDOW": "0"}
+    h = Hyperparameters.from_env(env)
+    val = load_validation_tokens(os.path.join(h.data_path, "fineweb_val_*.bin"), h.val_max_tokens)
+    vb = position_bytes(ByteCounter(load_tokenizer(h), h.vocab_size), val)
+    log = RunLog(str(tmp_path / "timer.log"))
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    score = final.evaluate_artifact(h, dist, log, str(run / "t.ptz"), val, vb, clock=clock)
+    names = [n for n, _ in events]
+    ticks = [i for i, n in enumerate(names) if n == "tick"]
+    first, last = ticks[0], ticks[-1]
+    assert first < names.index("load_begin") < names.index("load_end") < names.index("warmup_begin")
+    assert names.index("warmup_end") < last
+    total = events[last][1] - events[first][1]
+    assert score.eval_ms == 1000.0 * total
+    text = (tmp_path / "timer.log").read_text()
+    assert f"total_eval_time:{total:.1f}s" in text
+    parts = [float(ln.split("time:")[1].rstrip("s")) for ln in text.splitlines()
+             if ln.startswith("eval_part:")]
+    assert len(parts) == 5 and 0 < sum(parts) <= total

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest_eval import TinyCausalLM, cpu_dist, eval_hparams, make_sp, real_val_tokens
+from conftest_eval import (
+    TinyCausalLM,
+    cpu_dist,
+    eval_hparams,
+    make_sp,
+    real_val_tokens,
+    single_thread,  # noqa: F401 - autouse fixture
+)
 
 from trainer.bpb import ByteCounter, position_bytes
 from trainer.evaluate import eval_result, eval_score_windows, eval_window_plan
@@ -12,6 +19,8 @@ from trainer.probes import (
     ProbeResult,
     TokenTimeline,
     check_timeline,
+    check_timelines,
+    default_ttt_fn,
     probe_causality,
     probe_score_before_update,
 )
@@ -224,3 +233,53 @@ def test_gpt_sliding_equals_naive(counter):
     res = eval_sliding(e, gpt, cpu_dist(), tokens, position_bytes(counter, tokens))
     ref, _ = naive_nll(gpt, tokens, lambda k: max(0, -(-(k - 32) // 8) * 8))
     assert res.tokens == 119 and res.nll_sum == pytest.approx(ref, rel=1e-4)
+
+
+# --- several ranks ------------------------------------------------------------------------------
+
+def test_timelines_of_several_ranks():
+    """A step on another rank reaches a score only through a collective update (an earlier
+    epoch); a step on the scoring rank counts in program order."""
+    a, b = TokenTimeline(6), TokenTimeline(6)
+    a.on_score(torch.tensor([1, 2, 3]))
+    b.on_score(torch.tensor([4, 5]))
+    b.on_train(torch.tensor([0, 1, 2, 3]))  # same epoch, other rank: cannot have reached a's scores
+    a.on_train(torch.tensor([1, 2]))
+    a.on_sync()
+    b.on_sync()
+    a.on_train(torch.tensor([4, 5]))  # b scored them in epoch 0: fine in epoch 1
+    ok = check_timelines([a, b.state()])
+    assert ok.passed and ok.evidence["ranks"] == 2 and ok.evidence["tokens_scored"] == 5, ok.message
+    c, d = TokenTimeline(6), TokenTimeline(6)
+    c.on_score(torch.tensor([1, 2, 3]))
+    d.on_train(torch.tensor([4, 5]))  # epoch 0 on d ...
+    c.on_sync()
+    d.on_sync()
+    c.on_score(torch.tensor([4, 5]))  # ... reached c's epoch-1 score of 4 and 5
+    bad = check_timelines([c, d])
+    assert not bad.passed and bad.evidence["first_offending_token"] == 4
+    e, f = TokenTimeline(4), TokenTimeline(4)
+    e.on_score(torch.tensor([1, 2, 3]))
+    f.on_score(torch.tensor([3]))
+    twice = check_timelines([e, f])
+    assert not twice.passed and twice.evidence["tokens_scored_twice_or_more"] == 1
+
+
+def test_the_probe_runs_the_ttt_mode_of_the_settings(counter):
+    from conftest_eval import lora_hparams, paragraph_val_tokens, tiny_gpt
+
+    tokens = paragraph_val_tokens(10, 1)
+    seen = []
+
+    def spy(h, model, dist, val_tokens, val_bytes, recorder=None):
+        seen.append(h.ttt_mode)
+        return default_ttt_fn(h)(h, model, dist, val_tokens, val_bytes, recorder=recorder)
+
+    vb = position_bytes(counter, tokens)
+    for mode in ("sgd", "lora_phased"):
+        h = lora_hparams(ttt_mode=mode, ttt_chunk_tokens=128, eval_seq_len=64)
+        r = probe_score_before_update(h, tiny_gpt(), cpu_dist(), tokens, vb, ttt_fn=spy)
+        assert r.passed and r.evidence["tokens_used_for_updates"] > 0, r.message
+    assert seen == ["sgd", "lora_phased"]
+    assert default_ttt_fn(lora_hparams()).__name__ == "eval_ttt_phased"
+    assert default_ttt_fn(lora_hparams(ttt_mode="sgd")).__name__ == "eval_ttt"

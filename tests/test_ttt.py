@@ -10,11 +10,19 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
-from conftest_eval import TinyCausalLM, cpu_dist, eval_hparams, make_sp, real_val_tokens
+from conftest_eval import (
+    TinyCausalLM,
+    cpu_dist,
+    eval_hparams,
+    make_sp,
+    real_val_tokens,
+    single_thread,  # noqa: F401 - autouse fixture
+)
 
 from trainer.bpb import ByteCounter, position_bytes
 from trainer.dist import DistInfo
 from trainer.evaluate import eval_sliding
+from trainer.probes import TokenTimeline, check_timelines
 from trainer.ttt import eval_ttt, ttt_chunk_bounds, ttt_lr_at
 
 
@@ -124,14 +132,17 @@ def _worker(rank: int, world: int, init: str, tokens, state, out_path: str) -> N
             model = TinyCausalLM()
             model.load_state_dict(state)
             slide = eval_sliding(h, model, dist, tokens, position_bytes(counter, tokens))
-            ttt = eval_ttt(h, model, dist, tokens, position_bytes(counter, tokens))
+            tl = TokenTimeline(tokens.numel())
+            ttt = eval_ttt(h, model, dist, tokens, position_bytes(counter, tokens), recorder=tl)
             flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
             gathered = [torch.zeros_like(flat) for _ in range(world)]
             tdist.all_gather(gathered, flat)
             same = all(torch.equal(gathered[0], g) for g in gathered)
+            timelines = [None] * world
+            tdist.all_gather_object(timelines, tl.state())
             results.append(dict(slide=slide.nll_sum, slide_n=slide.tokens, slide_b=slide.bytes,
                                 ttt=ttt.nll_sum, ttt_n=ttt.tokens, ttt_b=ttt.bytes, same_weights=same,
-                                weights=flat))
+                                weights=flat, timelines=timelines))
         if rank == 0:
             torch.save(results, out_path)
     finally:
@@ -158,3 +169,37 @@ def test_two_gloo_processes_match_one(counter, tmp_path):
         assert r["same_weights"]  # every rank ends with the same weights ...
         one = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         assert torch.allclose(r["weights"], one, atol=1e-5)  # ... those of the 1-process run
+        check = check_timelines(r["timelines"])  # scored once, before any step that used it, on any rank
+        assert check.passed and check.evidence["tokens_scored"] == tokens.numel() - 1, check.message
+        assert all(int(t["score_count"].sum()) > 0 for t in r["timelines"])
+
+
+class _ForwardClock:
+    """A clock advanced by the work: every model forward adds its input tokens (no wall time)."""
+
+    def __init__(self, model):
+        self.t = 0.0
+        model.register_forward_hook(lambda mod, args, out: setattr(self, "t", self.t + args[0].numel()))
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_budget_stop_scores_the_rest_without_training(counter):
+    from trainer.probes import TokenTimeline, check_timeline
+
+    tokens = real_val_tokens(800)[:650]
+    vb = position_bytes(counter, tokens)
+    h = eval_hparams(ttt_chunk_tokens=96, ttt_epochs=2)
+    model = TinyCausalLM()
+    full = _ForwardClock(model)
+    res_full = eval_ttt(h, model, cpu_dist(), tokens, vb, clock=full)
+    model = TinyCausalLM()
+    clock, tl, lines = _ForwardClock(model), TokenTimeline(tokens.numel()), []
+    res = eval_ttt(h, model, cpu_dist(), tokens, vb, recorder=tl, clock=clock, deadline=0.85 * full.t,
+                   log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("eval_budget: stop adapting at chunk:")
+    assert clock.t <= 0.85 * full.t
+    r = check_timeline(tl)
+    assert r.passed and r.evidence["tokens_used_for_updates"] > 0, r.message
+    assert (res.tokens, res.bytes) == (res_full.tokens, res_full.bytes) and res.nll_sum != res_full.nll_sum

@@ -162,6 +162,7 @@ class Hyperparameters:
     global_ttt_batch_seqs: int = 32
     global_ttt_grad_clip: float = 1.0
     # --- evaluation: extra fields (add new ones here, one per line) -----------------------
+    ttt_lora_alpha: float = 144.0  # LoRA output scale alpha / rank (the record's TTT_LORA_ALPHA)
 
     # filled in at run time, not from the environment
     extra: dict = field(default_factory=dict)

@@ -25,7 +25,7 @@ from trainer.data import ShardError, load_shard, load_validation_tokens, shard_p
 from trainer.dist import DistInfo, barrier, init_distributed, shutdown
 from trainer.evaluate import eval_plain
 from trainer.export import artifact_path, quantize_and_save
-from trainer.final import evaluate_artifact, log_eval
+from trainer.final import check_eval_settings, evaluate_artifact, log_eval
 from trainer.runlog import RunLog, die
 from trainer.train import resolve_grad_accum, run_training
 
@@ -116,6 +116,7 @@ def main() -> int:
         die(str(e))
     try:
         resolve_grad_accum(h, dist.world_size)
+        check_eval_settings(h)
         sp, val_tokens = check_inputs(h, need_train=not h.eval_only)
         if h.eval_only and not os.path.isfile(artifact_path(h)):
             raise ValueError(f"{artifact_path(h)}: artifact not found (EVAL_ONLY=1 needs ARTIFACT)")
