@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from trainer import kernels as K
-from trainer.kernels import enable_fused_kernels, leaky_relu2_mlp, linear_leaky_relu2, softcapped_cross_entropy
+from trainer.kernels import (
+    enable_fused_kernels,
+    leaky_relu2_mlp,
+    linear_leaky_relu2,
+    softcapped_cross_entropy,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEV = torch.device("cuda")
@@ -45,7 +50,8 @@ def test_self_test_switches_every_kernel_on():
 def test_softcapped_ce_against_float64(dtype, rows, vocab):
     assert enable_fused_kernels(DEV)["ce"] == "on:triton"
     logits = fresh(rows, vocab, seed=rows, scale=12.0, dtype=dtype).requires_grad_()
-    targets = torch.randint(0, vocab, (rows,), device=DEV, generator=torch.Generator(device=DEV).manual_seed(3))
+    g = torch.Generator(device=DEV).manual_seed(3)
+    targets = torch.randint(0, vocab, (rows,), device=DEV, generator=g)
     loss = softcapped_cross_entropy(logits, targets, 30.0)
     loss.backward()
     ref_in = logits.detach().double().requires_grad_()
