@@ -138,7 +138,7 @@ def test_phased_lora_ttt_scores_the_artifact(run, data, tmp_path):
     assert len(globals_) == 2 and all(" steps:0 " not in ln for ln in globals_)
     assert "ttt_doc_ends targets:" in text and "ttt_part:lora_segment_3 time:" in text
     parts = [e["part"] for e in events_of(log, "eval_part")]
-    assert parts == ["load_decompress", "model_build", "quantized", "compile_warmup", "ttt_phased"]
+    assert parts == ["startup", "load_decompress", "model_build", "quantized", "compile_warmup", "ttt_phased"]
     assert final["eval_time_ms"] >= 1000 * sum(e["seconds"] for e in events_of(log, "eval_part")) - 1.0
     assert text.index("eval_timer:") < text.index("eval_part:load_decompress")
     assert "eval_budget: total_eval_time:" in text and "within EVAL_BUDGET_SECONDS=600" in text

@@ -110,9 +110,9 @@ def ttt_progress_logger(log: RunLog, dist: DistInfo, lines: int = 20):
 class EvalClock:
     """The strict eval timer: ``part(name)`` brackets and logs one part (device synced)."""
 
-    def __init__(self, log: RunLog, dist: DistInfo, clock):
+    def __init__(self, log: RunLog, dist: DistInfo, clock, started_at: float | None = None):
         self.log, self.dist, self.clock = log, dist, clock
-        self.t0 = clock()
+        self.t0 = clock() if started_at is None else started_at
         self.mark = self.t0
 
     def _sync(self) -> None:
@@ -134,13 +134,20 @@ class EvalClock:
 
 
 def evaluate_artifact(h, dist: DistInfo, log: RunLog, path: str, val_tokens: torch.Tensor,
-                      val_bytes: torch.Tensor, clock=time.perf_counter) -> FinalScore:
+                      val_bytes: torch.Tensor, clock=time.perf_counter, started_at: float | None = None
+                      ) -> FinalScore:
     """Load the artifact and run the enabled final phases under the strict timer; the last one
-    run is the score (the plain quantized eval runs when nothing else is enabled)."""
+    run is the score (the plain quantized eval runs when nothing else is enabled).
+
+    ``started_at`` (a ``clock`` reading): an EVAL_ONLY run starts the timer when the process
+    starts, so kernel selection (FA4 compiles its kernels there) and reading the validation data
+    count too; that first part is logged as ``startup``."""
     check_eval_settings(h)
     barrier()  # every rank starts the clock together
     log.line(EVAL_TIMER_NOTE)
-    ec = EvalClock(log, dist, clock)
+    ec = EvalClock(log, dist, clock, started_at)
+    if started_at is not None:
+        ec.part("startup")
     deadline = ec.t0 + h.eval_budget_seconds if h.eval_budget_seconds > 0 else None
     qm = load_artifact(path)
     ec.part("load_decompress")

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 
 import sentencepiece as spm
 import torch
 
 from trainer.accounting import LimitError, account_bytes, counted_code_path
 from trainer.artifact import ArtifactError
-from trainer.attention import attention_backend, select_attention_backend
+from trainer.attention import attention_backend, attention_notes, select_attention_backend
 from trainer.bpb import ByteCounter, position_bytes
 from trainer.config import Hyperparameters
 from trainer.data import ShardError, load_shard, load_validation_tokens, shard_paths
@@ -26,6 +27,7 @@ from trainer.dist import DistInfo, barrier, init_distributed, shutdown
 from trainer.evaluate import eval_plain
 from trainer.export import artifact_path, quantize_and_save
 from trainer.final import check_eval_settings, evaluate_artifact, log_eval
+from trainer.kernels import enable_fused_kernels
 from trainer.runlog import RunLog, die
 from trainer.train import resolve_grad_accum, run_training
 
@@ -105,6 +107,7 @@ def log_run_start(h, dist: DistInfo, log: RunLog) -> None:
 
 
 def main() -> int:
+    t_start = time.perf_counter()  # EVAL_ONLY: the strict eval timer starts here
     try:
         h = Hyperparameters.from_env()
     except ValueError as e:
@@ -123,9 +126,18 @@ def main() -> int:
     except (ShardError, ValueError) as e:
         die(str(e))
     configure_cuda()
-    select_attention_backend(dist.device, h.attention_backend)
+    try:
+        select_attention_backend(dist.device, h.attention_backend, heads=h.num_heads,
+                                 kv_heads=h.num_kv_heads, head_dim=h.model_dim // h.num_heads)
+    except ValueError as e:  # AttentionBackendError: a forced backend that is missing or fails
+        die(str(e))
+    kernels = enable_fused_kernels(dist.device) if (h.fused_ce or h.fused_mlp) and not h.eval_only else {}
     log = RunLog(os.path.join(h.output_dir, f"{h.run_id}.log"), dist.is_main)
     log_run_start(h, dist, log)
+    for note in attention_notes():
+        log.line(f"attention_note: {note}")
+    if kernels:
+        log.line("fused_kernels: " + " ".join(f"{k}={v}" for k, v in sorted(kernels.items())))
     log.line(f"val_tokens:{val_tokens.numel()}")
     val_bytes = position_bytes(ByteCounter(sp, h.vocab_size), val_tokens)
 
@@ -151,7 +163,8 @@ def main() -> int:
         path = saved.path
         del outcome
     try:
-        score = evaluate_artifact(h, dist, log, path, val_tokens, val_bytes)
+        score = evaluate_artifact(h, dist, log, path, val_tokens, val_bytes,
+                                  started_at=t_start if h.eval_only else None)
         acc = account_bytes(counted_code_path(), path, h.artifact_limit_bytes)
     except (ArtifactError, ValueError) as e:
         die(str(e))
