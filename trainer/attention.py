@@ -698,6 +698,12 @@ def attention_backend() -> str:
     return name
 
 
+def varlen_traceable() -> bool:
+    """Whether the packed path traces into one graph (every backend except the per-segment loop,
+    which reads cu_seqlens on the host): the trainer compiles with fullgraph only then."""
+    return _ATTN_STATE["varlen_name"] != "loop"
+
+
 def attention_notes() -> list[str]:
     """One line per candidate passed over at the last selection, with the reason."""
     return list(_ATTN_STATE["notes"])

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from trainer.attention import varlen_traceable
 from trainer.data import CU_SEQLENS_BUCKET, doc_cu_seqlens, make_train_loader
 from trainer.dist import DistInfo, all_reduce_
 from trainer.model import GPT
@@ -191,7 +192,11 @@ def run_training(h, dist: DistInfo, log: RunLog, validate: Callable | None = Non
     if cuda and h.compile:
         _raise_recompile_limit()
         opts = {k: v for k, v in COMPILE_OPTIONS.items() if _inductor_has(k)}
-        runner = torch.compile(model, dynamic=False, fullgraph=True, options=opts or None)
+        # the per-segment varlen fallback reads cu_seqlens on the host: graph breaks, not an error
+        full = not (h.varlen_attn and not varlen_traceable())
+        if not full:
+            log.line("compile: fullgraph off (varlen attention falls back to the per-segment loop)")
+        runner = torch.compile(model, dynamic=False, fullgraph=full, options=opts or None)
     opt = build_optimizers(h, model)
     cap_ms = None
     if h.max_wallclock_seconds > 0:
