@@ -19,7 +19,7 @@ import torch
 from trainer.accounting import LimitError, account_bytes, counted_code_path
 from trainer.artifact import ArtifactError
 from trainer.attention import attention_backend, select_attention_backend
-from trainer.bpb import ByteCounter, position_bytes
+from trainer.bpb import build_val_bytes
 from trainer.config import Hyperparameters
 from trainer.data import ShardError, load_shard, load_validation_tokens, shard_paths
 from trainer.dist import DistInfo, barrier, init_distributed, shutdown
@@ -117,6 +117,7 @@ def main() -> int:
     try:
         resolve_grad_accum(h, dist.world_size)
         sp, val_tokens = check_inputs(h, need_train=not h.eval_only)
+        val_bytes = build_val_bytes(h, sp, val_tokens, val_pattern(h))
         if h.eval_only and not os.path.isfile(artifact_path(h)):
             raise ValueError(f"{artifact_path(h)}: artifact not found (EVAL_ONLY=1 needs ARTIFACT)")
     except (ShardError, ValueError) as e:
@@ -126,7 +127,6 @@ def main() -> int:
     log = RunLog(os.path.join(h.output_dir, f"{h.run_id}.log"), dist.is_main)
     log_run_start(h, dist, log)
     log.line(f"val_tokens:{val_tokens.numel()}")
-    val_bytes = position_bytes(ByteCounter(sp, h.vocab_size), val_tokens)
 
     train_ms = None
     if h.eval_only:
