@@ -21,6 +21,7 @@ in a temporary folder first and swapped in only when complete.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -229,6 +230,18 @@ def _batches(texts, size: int):
         yield batch
 
 
+def _ordered_map(pool, fn, jobs, ahead: int):
+    """``pool.imap`` with at most ``ahead`` jobs in flight (imap reads its whole input at once,
+    which for a corpus of tens of gigabytes means all of it in memory)."""
+    pending: collections.deque = collections.deque()
+    for job in jobs:
+        pending.append(pool.apply_async(fn, (job,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def build_from_jsonl(jsonl: str, root: str | os.PathLike, tokenizer: str, *, caseops: bool, val_docs: int,
                      train_shards: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                      name: str | None = None, force: bool = False, workers: int = 1, batch_docs: int = 256,
@@ -269,7 +282,7 @@ def build_from_jsonl(jsonl: str, root: str | os.PathLike, tokenizer: str, *, cas
 
             # spawn: the parent has run torch (OpenMP threads), which fork does not survive reliably
             pool = mp.get_context("spawn").Pool(workers, _worker_init, (tokenizer,))
-            results = pool.imap(_encode_batch, jobs)
+            results = _ordered_map(pool, _encode_batch, jobs, ahead=4 * workers)
         else:
             _worker_init(tokenizer)
             results = map(_encode_batch, jobs)
