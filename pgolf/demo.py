@@ -1,7 +1,9 @@
 """``pgolf demo``: the whole job on the embedded default text, on CPU, in minutes.
 
-1. data: a SentencePiece BPE tokenizer (vocab 1024) and train/val shards in the official format,
-   built from Python's own English text (pydoc_data.topics + stdlib docstrings), under WORK/data;
+1. data: CaseOps data like the default stack's (PRESET=pr1855), at vocab 1024: Python's own
+   English text (pydoc_data.topics + stdlib docstrings) through the CaseOps transform, a
+   SentencePiece BPE tokenizer with the operators reserved, train/val shards in the official
+   format and the val byte sidecars, under WORK/data (``--plain``: no CaseOps);
 2. record: three seeds (42 314 999) through torchrun with PRESET=tiny, one process each, into the
    records folder WORK/records, and submission.json from the logs;
 3. report: loss-curve PNGs and the results table (also in the folder's README.md);
@@ -23,9 +25,9 @@ from pgolf.errors import PgolfError
 DEFAULT_SCRIPT = "submission/train_gpt.py"
 META = dict(author="pgolf demo", github_id="pgolf-demo",
             name="Demo: tiny model on embedded stdlib text (CPU)",
-            blurb="Produced by `python -m pgolf demo`: PRESET=tiny on CPU, a vocab-1024 SentencePiece "
-                  "tokenizer trained on Python's own documentation. Not a challenge submission; it shows "
-                  "the pipeline.")
+            blurb="Produced by `python -m pgolf demo`: PRESET=tiny on CPU, a vocab-1024 CaseOps "
+                  "SentencePiece tokenizer trained on Python's own documentation. Not a challenge "
+                  "submission; it shows the pipeline.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training script (default {DEFAULT_SCRIPT}, packed first when missing)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 314, 999])
     p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--plain", action="store_true", help="plain data (no CaseOps transform, no byte sidecars)")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--env", nargs="+", action="extend", default=[], metavar="K=V",
                    help="extra environment for the runs (after PRESET=tiny)")
@@ -44,14 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare_data(root: str, vocab_size: int, force: bool) -> tuple[str, str]:
+def prepare_data(root: str, vocab_size: int, force: bool, caseops: bool = True) -> tuple[str, str]:
     """(dataset dir, tokenizer path) of the embedded corpus under ``root``, built when needed."""
     from pgolf.corpus import default_documents
     from pgolf.dataset import build_dataset, dataset_name
     from pgolf.tokenizer import tokenizer_filename
 
-    ds = os.path.join(root, "datasets", dataset_name(vocab_size))
-    tok = os.path.join(root, "tokenizers", tokenizer_filename(vocab_size))
+    ds = os.path.join(root, "datasets", dataset_name(vocab_size, caseops))
+    tok = os.path.join(root, "tokenizers", tokenizer_filename(vocab_size, caseops))
     info = os.path.join(ds, "info.json")
     if not force and os.path.isfile(info) and os.path.isfile(tok):
         try:
@@ -61,10 +64,11 @@ def prepare_data(root: str, vocab_size: int, force: bool) -> tuple[str, str]:
                     return ds, tok
         except (OSError, ValueError):
             pass
-    print("== data: building the tokenizer and shards from the embedded text")
-    built = build_dataset(default_documents(), root, vocab_size, force=True,
+    print(f"== data: building the {'CaseOps ' if caseops else ''}tokenizer and shards from the embedded text")
+    built = build_dataset(default_documents(), root, vocab_size, force=True, caseops=caseops,
                           source="embedded: pydoc_data.topics + stdlib docstrings")
-    print(f"   {built.train_tokens:,} train tokens, {built.val_tokens:,} val tokens -> {ds}")
+    sidecar = f" ({built.val_bytes:,} bytes of original text in the byte sidecar)" if caseops else ""
+    print(f"   {built.train_tokens:,} train tokens, {built.val_tokens:,} val tokens{sidecar} -> {ds}")
     return built.dataset_dir, built.tokenizer_path
 
 
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     work = os.path.abspath(args.work)
     records = os.path.join(work, "records")
     script = ensure_script(args.script)
-    ds, tok = prepare_data(os.path.join(work, "data"), args.vocab_size, args.force)
+    ds, tok = prepare_data(os.path.join(work, "data"), args.vocab_size, args.force, caseops=not args.plain)
 
     print(f"== record: seeds {' '.join(map(str, args.seeds))} -> {records}", flush=True)
     rec_args = ["--out", records, "--script", script, "--nproc", str(args.nproc), "--seeds",

@@ -10,8 +10,11 @@ kevclark/parameter-golf python3 data/cached_challenge_fineweb.py --variant sp819
 128"). Every part is configurable (flags, or the challenge script's environment variables):
 
 - repo: ``MATCHED_FINEWEB_REPO_ID`` / ``--repo``; default ``kevclark/parameter-golf`` for sp8192
-  (the records' source of SP8192 data) and ``willdepue/parameter-golf`` for sp1024 (the
-  challenge's default); revision ``main`` (``--revision``).
+  (the records' source of SP8192 data), ``willdepueoai/parameter-golf`` for sp1024 (the
+  challenge's default, as its ``cached_challenge_fineweb.py`` has it) and
+  ``romeerp/parameter-golf-caseops-v1`` for the prepared CaseOps data (``sp8192_caseops
+  --prebuilt``, PR #1729's export that the 1.0611 record trained on); revision ``main``
+  (``--revision``).
 - root prefix in the repo: ``MATCHED_FINEWEB_REMOTE_ROOT_PREFIX`` / ``--remote-prefix``, default
   ``datasets``; under it ``manifest.json``, ``datasets/fineweb10B_{variant}/fineweb_{train,val}_
   NNNNNN.bin`` and ``tokenizers/...``. They land in ``ROOT/manifest.json``, ``ROOT/datasets/...``
@@ -19,6 +22,14 @@ kevclark/parameter-golf python3 data/cached_challenge_fineweb.py --variant sp819
 - ``manifest.json`` lists ``datasets`` (``name``, ``tokenizer_name``, ``stats.files_train``,
   ``stats.files_val``) and ``tokenizers`` (``name``, ``model_path``/``vocab_path``/``path``). When it
   is missing or lacks the variant, one val shard and ``tokenizers/fineweb_{V}_bpe.model`` are assumed.
+- CaseOps (``sp8192_caseops``): dataset ``fineweb10B_sp8192_lossless_caps_caseops_v1_reserved``,
+  tokenizer ``tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model`` (checked
+  against the record's sha256, ``PINNED_SHA256``), and a byte sidecar
+  ``fineweb_val_bytes_NNNNNN.bin`` per val shard. By default the shards are not downloaded but
+  built here (pgolf/dataset.py ``build_from_jsonl``) from the challenge's raw documents,
+  ``docs_selected.jsonl`` (+ ``docs_selected.source_manifest.json``, which gives the number of
+  validation documents, 50,000) under the same root prefix of ``willdepueoai/parameter-golf``,
+  saved as ``ROOT/docs_selected.jsonl`` (``download_docs``).
 
 Integrity: each file is fetched to ``NAME.part`` (resumed with a Range request after a cut-off) and
 renamed into place only after its size and checksum match. Sizes come from ``X-Linked-Size`` /
@@ -45,10 +56,22 @@ import urllib.request
 from dataclasses import dataclass
 
 from pgolf.errors import PgolfError, os_error_message
+from pgolf.fsutil import sha256_file
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_REPOS = {"sp8192": "kevclark/parameter-golf", "sp1024": "willdepue/parameter-golf"}
+CASEOPS_REPO = "romeerp/parameter-golf-caseops-v1"
+DOCS_REPO = "willdepueoai/parameter-golf"  # the challenge's raw documents
+DEFAULT_REPOS = {"sp8192": "kevclark/parameter-golf", "sp1024": DOCS_REPO, "sp8192_caseops": CASEOPS_REPO}
 VARIANTS = tuple(DEFAULT_REPOS)
+CASEOPS_VARIANT = "sp8192_caseops"
+DATASET_DIRS = {"sp8192_caseops": "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"}
+TOKENIZER_FILES = {"sp8192_caseops": "tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"}
+# the 1.0611 record's CaseOps tokenizer (its records folder ships the same file)
+PINNED_SHA256 = {TOKENIZER_FILES["sp8192_caseops"]:
+                 "97754754561f20def5edd99765ca0668f880bd94e67316d54aa10ab25f45cc4d"}
+DOCS_FILE = "docs_selected.jsonl"
+DOCS_META_FILE = "docs_selected.source_manifest.json"
+DEFAULT_VAL_DOCS = 50_000  # the challenge's validation split: the first 50,000 documents
 DEFAULT_PREFIX = "datasets"
 DEFAULT_TRAIN_SHARDS = 80  # the challenge script's default
 CHUNK = 1 << 20
@@ -102,20 +125,34 @@ def remote_from_env(variant: str, repo: str | None = None, revision: str | None 
 def vocab_of(variant: str) -> int:
     if variant not in VARIANTS:
         raise PgolfError(f"--variant {variant}: unknown (known: {', '.join(VARIANTS)})")
-    return int(variant[2:])
+    return int(variant[2:].split("_")[0])
+
+
+def dataset_dir_of(variant: str) -> str:
+    """The dataset folder of a variant under ``datasets/``."""
+    vocab_of(variant)
+    return DATASET_DIRS.get(variant, f"fineweb10B_{variant}")
+
+
+def tokenizer_file_of(variant: str) -> str:
+    """The tokenizer path (relative to the root) assumed when no manifest names one."""
+    return TOKENIZER_FILES.get(variant, f"tokenizers/fineweb_{vocab_of(variant)}_bpe.model")
 
 
 def plan_files(manifest: dict | None, variant: str, train_shards: int) -> Plan:
-    """The files to fetch: val shards, the first ``train_shards`` train shards, tokenizer files."""
-    ds_name = f"fineweb10B_{variant}"
+    """The files to fetch: val shards (and their byte sidecars for CaseOps data), the first
+    ``train_shards`` train shards, tokenizer files."""
+    ds_name = dataset_dir_of(variant)
+    sidecars = variant == CASEOPS_VARIANT
     entry = None
     if manifest is not None:
         entry = next((d for d in manifest.get("datasets", []) if d.get("name") == ds_name), None)
     if entry is None:
         note = ("no manifest.json" if manifest is None else f"manifest.json has no {ds_name}") + \
-            f"; assuming 1 val shard and tokenizers/fineweb_{vocab_of(variant)}_bpe.model"
-        n_val, max_train, tok_files = 1, None, [f"tokenizers/fineweb_{vocab_of(variant)}_bpe.model"]
+            f"; assuming 1 val shard and {tokenizer_file_of(variant)}"
+        n_val, max_train, tok_files = 1, None, [tokenizer_file_of(variant)]
     else:
+        sidecars = sidecars or bool(entry.get("val_bytes_glob"))
         stats = entry.get("stats") or {}
         n_val = int(stats.get("files_val", 1))
         max_train = int(stats["files_train"]) if "files_train" in stats else None
@@ -124,7 +161,7 @@ def plan_files(manifest: dict | None, variant: str, train_shards: int) -> Plan:
         tok_files = [str(tok_entry[k]) for k in ("model_path", "vocab_path", "path")
                      if tok_entry and tok_entry.get(k)]
         if not tok_files:
-            tok_files = [f"tokenizers/fineweb_{vocab_of(variant)}_bpe.model"]
+            tok_files = [tokenizer_file_of(variant)]
         n_train = max_train if max_train is not None else "?"
         note = f"manifest: {ds_name} has {n_train} train / {n_val} val shards"
     if train_shards < 0:
@@ -132,6 +169,8 @@ def plan_files(manifest: dict | None, variant: str, train_shards: int) -> Plan:
     if max_train is not None and train_shards > max_train:
         raise PgolfError(f"--train-shards {train_shards}: {ds_name} has only {max_train} train shards")
     files = [f"datasets/{ds_name}/fineweb_val_{i:06d}.bin" for i in range(n_val)]
+    if sidecars:
+        files += [f"datasets/{ds_name}/fineweb_val_bytes_{i:06d}.bin" for i in range(n_val)]
     files += [f"datasets/{ds_name}/fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     return Plan(files + tok_files, note)
 
@@ -426,7 +465,7 @@ def download(root: str, variant: str, train_shards: int = DEFAULT_TRAIN_SHARDS, 
     plan = plan_files(manifest, variant, train_shards)
     log(f"{remote.endpoint}/datasets/{remote.repo}@{remote.revision}: {plan.manifest_note}; "
         f"fetching {len(plan.files)} files into {root}")
-    checksums = checksums or {}
+    checksums = {**PINNED_SHA256, **(checksums or {})}
     out = []
     for i, rel in enumerate(plan.files, 1):
         dest = os.path.join(root, *rel.split("/"))
@@ -437,4 +476,52 @@ def download(root: str, variant: str, train_shards: int = DEFAULT_TRAIN_SHARDS, 
             log(f"[{i}/{len(plan.files)}] {rel}: {checked}")
         out.append(dest)
     return out
+
+
+
+def download_docs(root: str, *, remote: Remote, checksums: dict[str, str] | None = None, retries: int = 3,
+                  progress: bool = True, log=print) -> tuple[str, dict | None]:
+    """The challenge's raw documents: ``ROOT/docs_selected.jsonl`` and the metadata beside it
+    (None when the repo has none). Files already there are kept."""
+    checksums = checksums or {}
+    meta_path = os.path.join(root, DOCS_META_FILE)
+    meta = None
+    if not os.path.isfile(meta_path):
+        try:
+            fetch_file(remote, DOCS_META_FILE, meta_path, checksums.get(DOCS_META_FILE), retries, False)
+        except HTTPStatusError as e:
+            if e.status != 404:
+                raise
+    if os.path.isfile(meta_path):
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise PgolfError(f"{meta_path}: unreadable ({e})") from None
+        if not isinstance(meta, dict):
+            raise PgolfError(f"{meta_path}: not a JSON object")
+    docs = os.path.join(root, DOCS_FILE)
+    if os.path.isfile(docs):
+        log(f"{DOCS_FILE}: already present, kept ({docs})")
+    else:
+        log(f"{remote.endpoint}/datasets/{remote.repo}@{remote.revision}: fetching {DOCS_FILE} into {root}")
+        checked = fetch_file(remote, DOCS_FILE, docs, checksums.get(DOCS_FILE), retries, progress)
+        log(f"{DOCS_FILE}: {checked}")
+    return docs, meta
+
+
+def download_tokenizer(root: str, variant: str, *, remote: Remote, checksums: dict[str, str] | None = None,
+                       retries: int = 3, progress: bool = True, log=print) -> str:
+    """A variant's tokenizer (checked against ``PINNED_SHA256``) into ``ROOT/tokenizers/``."""
+    rel = tokenizer_file_of(variant)
+    dest = os.path.join(root, *rel.split("/"))
+    want = {**PINNED_SHA256, **(checksums or {})}.get(rel)
+    if os.path.isfile(dest):
+        if want and sha256_file(dest) != want:
+            raise PgolfError(f"{dest}: sha256 differs from the expected {want}; remove it or pass "
+                             f"--tokenizer to use it anyway")
+        log(f"{rel}: already present, kept")
+        return dest
+    log(f"{rel}: {fetch_file(remote, rel, dest, want, retries, progress)}")
+    return dest
 

@@ -2,6 +2,11 @@
 
 Documents are encoded separately and each is preceded by the BOS token, as in the challenge's
 shards; the stream is then cut into shards of at most ``shard_tokens`` tokens.
+
+CaseOps validation data also gets a byte sidecar (the record's layout): ``fineweb_val_bytes_NNNNNN.bin``
+beside each ``fineweb_val_NNNNNN.bin``, same header, same count, one uint16 per token = the UTF-8
+bytes of the original (untransformed) text that token stands for (``trainer.bpb.position_bytes``;
+0 for BOS and the operators).
 """
 
 from __future__ import annotations
@@ -73,3 +78,66 @@ def write_split(directory: str | os.PathLike, split: str, tokens: np.ndarray,
         write_shard(p, tokens[start:start + shard_tokens])
         paths.append(p)
     return paths
+
+
+def byte_sidecar(counter, tokens: np.ndarray) -> np.ndarray:
+    """Original-text bytes per token of a BOS-separated stream, as uint16: ``trainer.bpb.position_bytes``
+    with ``counter`` (a ``trainer.bpb.ByteCounter`` of the tokenizer)."""
+    import torch
+
+    from trainer.bpb import position_bytes
+
+    t = torch.from_numpy(np.asarray(tokens).astype(np.int64))
+    out = position_bytes(counter, t).numpy()
+    if out.size and int(out.max()) > 65535:
+        raise PgolfError(f"a token stands for {int(out.max())} bytes: more than a uint16 sidecar holds")
+    return out.astype(np.uint16)
+
+
+class ShardWriter:
+    """Cuts a stream fed in pieces into ``fineweb_{split}_NNNNNN.bin`` shards of ``shard_tokens``
+    tokens (the last one may be shorter), with a parallel byte sidecar when ``sidecar``. Each shard
+    is written atomically when full; ``close`` writes the rest and returns the token shard paths."""
+
+    def __init__(self, directory: str | os.PathLike, split: str, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                 sidecar: bool = False):
+        if shard_tokens <= 0:
+            raise PgolfError(f"shard size must be positive, got {shard_tokens}")
+        self.directory, self.split, self.shard_tokens = os.fspath(directory), split, shard_tokens
+        self.sidecar = sidecar
+        self.paths: list[str] = []
+        self.tokens = 0
+        self._buf: list[np.ndarray] = []
+        self._side: list[np.ndarray] = []
+        self._fill = 0
+
+    def add(self, tokens: np.ndarray, side: np.ndarray | None = None) -> None:
+        if self.sidecar and (side is None or side.size != tokens.size):
+            raise ValueError("a byte sidecar entry is needed for every token")
+        self.tokens += tokens.size
+        while tokens.size:
+            take = min(self.shard_tokens - self._fill, tokens.size)
+            self._buf.append(tokens[:take])
+            if self.sidecar:
+                self._side.append(side[:take])
+                side = side[take:]
+            tokens = tokens[take:]
+            self._fill += take
+            if self._fill == self.shard_tokens:
+                self._flush()
+
+    def _flush(self) -> None:
+        i = len(self.paths)
+        path = os.path.join(self.directory, f"fineweb_{self.split}_{i:06d}.bin")
+        write_shard(path, np.concatenate(self._buf).astype(np.uint16))
+        if self.sidecar:
+            write_shard(os.path.join(self.directory, f"fineweb_{self.split}_bytes_{i:06d}.bin"),
+                        np.concatenate(self._side).astype(np.uint16))
+        self.paths.append(path)
+        self._buf, self._side, self._fill = [], [], 0
+
+    def close(self, partial: bool = True) -> list[str]:
+        """Write what is left as a last, shorter shard (``partial``) or drop it; return the paths."""
+        if partial and (self._fill or not self.paths):
+            self._flush()
+        return self.paths

@@ -5,6 +5,11 @@ The official ``fineweb_{1024,8192}_bpe.model`` files were trained with: BPE, cha
 ``nmt_nfkc`` without the dummy leading-space prefix; sp8192 also with byte fallback, which we
 always use so that any UTF-8 text encodes without ``<unk>``. Training is deterministic: the same
 sentences and settings give a byte-identical model.
+
+A CaseOps tokenizer (pgolf/caseops.py) is trained the same way on transformed text, with the four
+operator characters reserved as user-defined symbols (ids 4-7, right after the special pieces, as
+in the record's ``fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model``): each is always a
+piece of its own, never merged with letters.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
+from pgolf.caseops import NAME_SUFFIX
 from pgolf.errors import PgolfError
 from pgolf.fsutil import write_bytes
 
@@ -35,10 +41,11 @@ FINEWEB_SETTINGS = dict(
 )
 
 
-def tokenizer_filename(vocab_size: int) -> str:
+def tokenizer_filename(vocab_size: int, caseops: bool = False) -> str:
     """``text_{V}_bpe.model``: named apart from the official ``fineweb_{V}_bpe.model`` on purpose, so
-    that no tool (or reviewer) takes a tokenizer trained on other text for the official one."""
-    return f"text_{vocab_size}_bpe.model"
+    that no tool (or reviewer) takes a tokenizer trained on other text for the official one.
+    CaseOps: ``text_{V}_bpe_lossless_caps_caseops_v1_reserved.model``."""
+    return f"text_{vocab_size}_bpe_{NAME_SUFFIX}.model" if caseops else f"text_{vocab_size}_bpe.model"
 
 
 def training_sentences(documents: Iterable[str]) -> Iterator[str]:
@@ -51,8 +58,10 @@ def training_sentences(documents: Iterable[str]) -> Iterator[str]:
 
 
 def train_tokenizer_bytes(documents: Iterable[str], vocab_size: int, where: str = "<tokenizer>",
-                          input_sentence_size: int = 0, num_threads: int | None = None) -> bytes:
-    """Train on ``documents``; return the serialized model.
+                          input_sentence_size: int = 0, num_threads: int | None = None,
+                          reserved: Sequence[str] = ()) -> bytes:
+    """Train on ``documents``; return the serialized model. ``reserved``: user-defined symbols
+    (the CaseOps operators for a CaseOps tokenizer; the documents must then be transformed already).
 
     Raises PgolfError (naming ``where``) when the vocabulary cannot be stored as uint16 or the text
     is too small to reach exactly ``vocab_size`` pieces.
@@ -68,7 +77,8 @@ def train_tokenizer_bytes(documents: Iterable[str], vocab_size: int, where: str 
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
             input_sentence_size=input_sentence_size, shuffle_input_sentence=input_sentence_size > 0,
-            num_threads=num_threads or min(8, os.cpu_count() or 1), minloglevel=2, **FINEWEB_SETTINGS)
+            num_threads=num_threads or min(8, os.cpu_count() or 1), minloglevel=2,
+            **({"user_defined_symbols": list(reserved)} if reserved else {}), **FINEWEB_SETTINGS)
     except RuntimeError as e:
         m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
         if m:
@@ -84,10 +94,12 @@ def train_tokenizer_bytes(documents: Iterable[str], vocab_size: int, where: str 
 
 
 def train_tokenizer(documents: Iterable[str], vocab_size: int, model_path: str | os.PathLike,
-                    input_sentence_size: int = 0, num_threads: int | None = None) -> str:
+                    input_sentence_size: int = 0, num_threads: int | None = None,
+                    reserved: Sequence[str] = ()) -> str:
     """Train on ``documents`` and write the model atomically to ``model_path``; return the path."""
     model_path = os.fspath(model_path)
-    data = train_tokenizer_bytes(documents, vocab_size, model_path, input_sentence_size, num_threads)
+    data = train_tokenizer_bytes(documents, vocab_size, model_path, input_sentence_size, num_threads,
+                                 reserved)
     write_bytes(model_path, data)
     return model_path
 

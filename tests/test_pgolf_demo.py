@@ -66,11 +66,17 @@ def test_demo_writes_a_verified_records_folder(tmp_path, capsys):
     assert {f"loss_seed{s}.png" for s in (42, 314, 999)} <= names
     sub = json.loads((records / "submission.json").read_text())
     assert sub["seeds"] == [42, 314, 999] and sub["author"] == "pgolf demo"
-    info = json.loads((work / "data/datasets/fineweb10B_sp1024/info.json").read_text())
+    # the default stack's data path: CaseOps shards with their val byte sidecar
+    ds = work / "data/datasets/fineweb10B_sp1024_lossless_caps_caseops_v1_reserved"
+    info = json.loads((ds / "info.json").read_text())
     assert info["source"].startswith("embedded") and info["train_tokens"] > 300_000
-    # the runs saw the demo's data and the tiny preset
+    assert info["text_transform"] == "lossless_caps_caseops_v1" and info["val_bytes"] > 100_000
+    assert (ds / "fineweb_val_bytes_000000.bin").is_file()
+    # the runs saw the demo's data and the tiny preset; the bytes they scored are the original text's
     log = (records / "train_seed42.log").read_text()
-    assert '"preset": "tiny"' in log and "fineweb10B_sp1024" in log
+    assert '"preset": "tiny"' in log and ds.name in log
+    assert "text_1024_bpe_lossless_caps_caseops_v1_reserved.model" in log
+    assert f'"bytes": {info["val_bytes"]}' in log
     # a second run reuses the data and skips the complete seeds
     rc = cli(["demo", "--work", str(work), "--script", str(helpers.FAKE_TRAINER), "--no-verify"])
     out = capsys.readouterr().out

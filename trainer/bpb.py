@@ -6,21 +6,49 @@ token is a boundary (document start: BOS, any control/unknown/unused piece), bec
 decoder drops a document's leading space; a byte-fallback piece ``<0xNN>`` counts one byte;
 control, unknown and unused pieces count zero. Summed over a document this equals the UTF-8
 length of ``sp.decode`` of that document (tests/test_bpb.py checks it on real text).
+
+CaseOps tokenizers (``lossless_caps_caseops_v1``, pgolf/caseops.py) hold the four operator
+characters below as single-character pieces. The original text has none of them: an operator piece
+counts zero bytes, except right after an odd run of ESC pieces, where it is a literal character
+of the original text and counts its UTF-8 bytes. Summed over a document this equals the UTF-8
+length of the inverse transform of ``sp.decode`` (tests/test_caseops_bpb.py). The evaluators take
+per-position bytes (``val_bytes``): a data-side sidecar ``fineweb_val_bytes_NNNNNN.bin`` when the
+data folder has one (the record's layout), else these tables (``build_val_bytes``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from trainer.data import VAL_BYTES_PREFIX, ShardError, load_shard, read_shard_header, validation_shard_paths
+
 _BC_SPACE_MARK = "\u2581"
+CASEOPS_TITLE = "\ue001"  # the next ASCII word starts with a capital
+CASEOPS_ALLCAPS = "\ue002"  # the next ASCII word is all capitals
+CASEOPS_CAPNEXT = "\ue003"  # the next ASCII letter is a capital
+CASEOPS_ESC = "\ue004"  # the next character is literal (an operator character of the original text)
+CASEOPS_OPERATORS = (CASEOPS_TITLE, CASEOPS_ALLCAPS, CASEOPS_CAPNEXT, CASEOPS_ESC)
+
+
+def caseops_operator_ids(sp) -> list[int] | None:
+    """Ids of the four CaseOps operator pieces (TITLE, ALLCAPS, CAPNEXT, ESC), or None when the
+    tokenizer lacks any of them (not a CaseOps tokenizer)."""
+    ids = [int(sp.piece_to_id(c)) for c in CASEOPS_OPERATORS]
+    if all(sp.id_to_piece(i) == c for i, c in zip(ids, CASEOPS_OPERATORS)):
+        return ids
+    return None
 
 
 class ByteCounter:
     """Lookup tables from a ``sentencepiece.SentencePieceProcessor``; ids past the tokenizer's
-    vocabulary (a model vocabulary padded up to ``vocab_size``) count as zero-byte boundaries."""
+    vocabulary (a model vocabulary padded up to ``vocab_size``) count as zero-byte boundaries.
+
+    For a CaseOps tokenizer the operator pieces count zero in ``base_bytes`` (so ``token_bytes``
+    is exact except for an escaped operator, which ``position_bytes`` adds back)."""
 
     def __init__(self, sp, vocab_size: int):
         n_sp = int(sp.vocab_size())
@@ -41,8 +69,16 @@ class ByteCounter:
                 piece = piece[1:]
             # a marker inside a piece is a plain space once decoded (none in the official tokenizers)
             base[i] = len(piece.replace(_BC_SPACE_MARK, " ").encode("utf-8"))
+        literal = np.zeros(size, dtype=np.int32)
+        ops = caseops_operator_ids(sp)
+        self.caseops = ops is not None
+        self.esc_id = ops[3] if ops else -1
+        for i in ops or []:
+            literal[i] = base[i]  # what an escaped operator counts: its own UTF-8 bytes
+            base[i] = 0
         self.vocab_size = size
         self.bos_id = int(sp.bos_id())
+        self.literal_bytes = torch.from_numpy(literal)
         self.base_bytes = torch.from_numpy(base)
         self.has_space = torch.from_numpy(space)
         self.is_boundary = torch.from_numpy(boundary)
@@ -71,7 +107,7 @@ class ByteCounter:
             raise ValueError(f"token ids outside [0, {self.vocab_size}): "
                              f"min {int(t.min())} max {int(t.max())}")
         first = int(self.base_bytes[t[0]])  # after a boundary: its leading space is not counted
-        return first + int(self.token_bytes(t[:-1], t[1:]).sum())
+        return first + int(position_bytes(self, t).sum())
 
 
 def position_bytes(counter: ByteCounter, tokens: torch.Tensor) -> torch.Tensor:
@@ -83,7 +119,73 @@ def position_bytes(counter: ByteCounter, tokens: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(t.numel(), dtype=torch.int32, device=t.device)
     if t.numel() > 1:
         out[1:] = counter.token_bytes(t[:-1], t[1:])
+        if counter.esc_id >= 0:  # CaseOps: an operator right after an odd run of ESC is a literal
+            t = t.long()
+            literal = counter.literal_bytes.to(t.device)[t]
+            out += torch.where(_bc_after_odd_esc_run(t, counter.esc_id), literal, 0).to(torch.int32)
     return out
+
+
+def _bc_after_odd_esc_run(t: torch.Tensor, esc_id: int) -> torch.Tensor:
+    """Whether each position directly follows an odd number of consecutive ESC tokens."""
+    idx = torch.arange(t.numel(), device=t.device)
+    last_other = torch.cummax(torch.where(t == esc_id, -1, idx), 0).values
+    run = idx - last_other  # ESC tokens ending at each position
+    out = torch.zeros(t.numel(), dtype=torch.bool, device=t.device)
+    out[1:] = run[:-1] % 2 == 1
+    return out
+
+
+def val_byte_sidecar_path(token_shard: str) -> str:
+    """``fineweb_val_NNNNNN.bin`` -> ``fineweb_val_bytes_NNNNNN.bin`` beside it."""
+    d, name = os.path.split(token_shard)
+    return os.path.join(d, VAL_BYTES_PREFIX + name.removeprefix("fineweb_val_"))
+
+
+def load_val_byte_sidecar(val_pattern: str, n_tokens: int) -> torch.Tensor:
+    """The byte sidecar of the validation shards as int32 ``[n_tokens]`` (the first ``n_tokens``
+    positions, as the tokens were cut by VAL_MAX_TOKENS). Each sidecar shard must hold exactly as
+    many entries as its token shard; a missing or mismatched one is a one-line ShardError."""
+    parts, have = [], 0
+    for shard in validation_shard_paths(val_pattern):
+        side = val_byte_sidecar_path(shard)
+        if not os.path.isfile(side):
+            raise ShardError(f"{side}: missing: every validation shard needs its byte sidecar "
+                             f"(the folder has some fineweb_val_bytes_*.bin files)")
+        n_side, n_tok = read_shard_header(side), read_shard_header(shard)
+        if n_side != n_tok:
+            raise ShardError(f"{side}: {n_side} byte counts but {os.path.basename(shard)} holds "
+                             f"{n_tok} tokens")
+        if have < n_tokens:
+            parts.append(load_shard(side))
+            have += n_side
+    if have < n_tokens:
+        raise ShardError(f"{val_pattern}: byte sidecars cover {have} positions, the tokens {n_tokens}")
+    return torch.from_numpy(np.concatenate(parts)[:n_tokens].astype(np.int32))
+
+
+def build_val_bytes(h, sp, val_tokens: torch.Tensor, val_pattern: str) -> torch.Tensor:
+    """``val_bytes`` for the evaluators: the data folder's byte sidecar when it has
+    ``fineweb_val_bytes_*.bin``, else the tokenizer's tables. A CaseOps tokenizer without a sidecar
+    is refused (its data is expected in the record's layout, sidecar included)."""
+    folder = os.path.dirname(val_pattern)
+    has_sidecar = any(n.startswith(VAL_BYTES_PREFIX) and n.endswith(".bin") for n in _bc_listdir(folder))
+    h.extra["val_bytes_source"] = "sidecar" if has_sidecar else "tokenizer"
+    if has_sidecar:
+        return load_val_byte_sidecar(val_pattern, val_tokens.numel())
+    counter = ByteCounter(sp, h.vocab_size)
+    if counter.caseops:
+        raise ValueError(f"{h.tokenizer_path}: a CaseOps tokenizer, but {folder or '.'} has no byte sidecar "
+                         f"{VAL_BYTES_PREFIX}*.bin (make the data with `python -m pgolf data ... --caseops` "
+                         f"or `--variant sp8192_caseops`)")
+    return position_bytes(counter, val_tokens)
+
+
+def _bc_listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder or ".")
+    except OSError:
+        return []
 
 
 def _bc_as_ids(ids: Sequence[int] | torch.Tensor | np.ndarray) -> np.ndarray:

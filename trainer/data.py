@@ -57,14 +57,26 @@ def shard_paths(pattern: str) -> list[str]:
     return paths
 
 
+VAL_BYTES_PREFIX = "fineweb_val_bytes_"  # CaseOps byte sidecars, also matched by fineweb_val_*.bin
+
+
+def validation_shard_paths(pattern: str) -> list[str]:
+    """The token shards matching ``pattern``, without the byte sidecars that the same glob matches."""
+    paths = [p for p in shard_paths(pattern) if not os.path.basename(p).startswith(VAL_BYTES_PREFIX)]
+    if not paths:
+        raise ShardError(f"{pattern}: only byte sidecars ({VAL_BYTES_PREFIX}*) match, no token shards")
+    return paths
+
+
 def load_validation_tokens(pattern: str, max_tokens: int = 0) -> torch.Tensor:
-    """Every validation shard matching ``pattern``, concatenated in name order, as int64 1-D.
+    """Every validation token shard matching ``pattern`` (byte sidecars left out), concatenated in
+    name order, as int64 1-D.
 
     ``max_tokens > 0`` keeps only the first ``max_tokens`` tokens (benchmarks on a budget).
     """
     parts = []
     have = 0
-    for path in shard_paths(pattern):
+    for path in validation_shard_paths(pattern):
         toks = load_shard(path)
         parts.append(toks)
         have += toks.size

@@ -20,7 +20,7 @@ import torch
 from trainer.accounting import LimitError, account_bytes, counted_code_path
 from trainer.artifact import ArtifactError
 from trainer.attention import attention_backend, attention_notes, select_attention_backend
-from trainer.bpb import ByteCounter, position_bytes
+from trainer.bpb import build_val_bytes
 from trainer.config import Hyperparameters
 from trainer.data import ShardError, load_shard, load_validation_tokens, shard_paths
 from trainer.dist import DistInfo, barrier, init_distributed, shutdown
@@ -121,6 +121,7 @@ def main() -> int:
         resolve_grad_accum(h, dist.world_size)
         check_eval_settings(h)
         sp, val_tokens = check_inputs(h, need_train=not h.eval_only)
+        val_bytes = build_val_bytes(h, sp, val_tokens, val_pattern(h))
         if h.eval_only and not os.path.isfile(artifact_path(h)):
             raise ValueError(f"{artifact_path(h)}: artifact not found (EVAL_ONLY=1 needs ARTIFACT)")
     except (ShardError, ValueError) as e:
@@ -138,8 +139,8 @@ def main() -> int:
         log.line(f"attention_note: {note}")
     if kernels:
         log.line("fused_kernels: " + " ".join(f"{k}={v}" for k, v in sorted(kernels.items())))
-    log.line(f"val_tokens:{val_tokens.numel()}")
-    val_bytes = position_bytes(ByteCounter(sp, h.vocab_size), val_tokens)
+    log.line(f"val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes[1:].sum())} "
+             f"({'sidecar' if h.extra.get('val_bytes_source') == 'sidecar' else 'tokenizer'})")
 
     train_ms = None
     if h.eval_only:
