@@ -21,7 +21,7 @@ _TRAINER_SIGNS = (
     re.compile(r"val_bpb|bits.per.byte|\bbpb\b"),
     re.compile(r"\.backward\(|optimizer|\.step\(\)|Muon|AdamW?\b"),
 )
-_IMPORT = re.compile(r"(?m)^\s*(?:from\s+([\w.]+)\s+import|import\s+([\w., ]+))")
+_IMPORT = re.compile(r"(?m)(?:^|[;:])\s*(?:from\s+([\w.]+)\s+import|import\s+([\w., ]+))")
 _SIBLING = re.compile(r"[\"']([\w\-.]+\.py)[\"']")
 MAX_SCAN_BYTES = 3_000_000
 
