@@ -154,6 +154,10 @@ def _match_mean(claim: Claim, scored: list[RunSummary], m: Match) -> None:
         elif c.value < min(vals) - c.unit - 1e-6:
             m.add(FAIL, f"{c.key} is {c.value}, better than every claimed run's score (best {min(vals):.8f}; "
                         f"{where}): a number in no log")
+        elif len(vals) > 1 and any(close(c, r.score) for r in m.runs):
+            one = next(r for r in m.runs if close(c, r.score))
+            m.add(WARN, f"{c.key} {c.value} equals {one.log.path}'s value ({one.where}), not the mean of the "
+                        f"{len(vals)} claimed runs ({mean:.8f})")
         else:
             m.add(WARN, f"{c.key} is {c.value} but the claimed runs average {mean:.8f} ({where})")
         return

@@ -509,7 +509,7 @@ def _parse(text: str, s: RunSummary) -> None:
     if best is not None:
         s.final_phase, s.val_loss, s.val_bpb = best.label, best.val_loss, best.val_bpb
         s.lines["val_bpb"] = s.lines["val_loss"] = s.lines["final_phase"] = best.line
-    timed = [r for r in results if r.final and r.eval_time_ms is not None]
+    timed = [r for r in results if r.kind >= 2 and r.eval_time_ms is not None]
     if timed:
         s.timed_eval_ms = sum(r.eval_time_ms for r in timed)
     if s.total_eval_time_ms is not None:
@@ -673,7 +673,6 @@ def _apply_events(events: list[tuple[int, dict]], s: RunSummary) -> None:
         elif ev == "artifact":
             _take_bytes(e, s, no)
             s.artifact_line = s.artifact_line or no
-            s.code_compressed = True  # our trainer counts the packed file it runs
             if isinstance(e.get("artifact"), str):
                 s.artifact_name = e["artifact"]
         elif ev == "eval":

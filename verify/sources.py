@@ -60,8 +60,10 @@ class CodeSet:
     empty: list[str] = field(default_factory=list)  # *.py files of size 0
 
 
-def is_trainer_like(text: str) -> bool:
-    return all(rx.search(text) for rx in _TRAINER_SIGNS)
+def is_trainer_like(text: str, name: str = "") -> bool:
+    """Takes optimizer steps, and reports the score or is named like a trainer (train*.py)."""
+    trains = bool(_TRAINER_SIGNS[1].search(text))
+    return trains and (bool(_TRAINER_SIGNS[0].search(text)) or PurePosixPath(name).name.startswith("train"))
 
 
 def load_code(folder: Path, rels: list[str], logged_code_sizes: set[int] | None = None) -> CodeSet:
@@ -79,7 +81,7 @@ def load_code(folder: Path, rels: list[str], logged_code_sizes: set[int] | None 
             continue
         text = data[:MAX_SCAN_BYTES].decode("utf-8", errors="replace")
         src = unpack_source(text)
-        cf = CodeFile(rel, len(data), text, src, trainer_like=is_trainer_like(src.text))
+        cf = CodeFile(rel, len(data), text, src, trainer_like=is_trainer_like(src.text, rel))
         cs.files.append(cf)
     by_name = {PurePosixPath(f.rel).name: f for f in cs.files}
     # a tiny launcher that execs a sibling file: the sibling is the code
@@ -88,7 +90,7 @@ def load_code(folder: Path, rels: list[str], logged_code_sizes: set[int] | None 
             for name in _SIBLING.findall(f.raw):
                 sib = by_name.get(name)
                 if sib is not None and sib is not f:  # noqa: SIM102
-                    sib.trainer_like = sib.trainer_like or is_trainer_like(sib.text)
+                    sib.trainer_like = sib.trainer_like or is_trainer_like(sib.text, sib.rel)
     top = [f for f in cs.files if "/" not in f.rel]
     cs.trainer = _pick_trainer(top or cs.files, logged_code_sizes or set())
     trainers = [f for f in cs.files if f.trainer_like]

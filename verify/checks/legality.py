@@ -21,18 +21,18 @@ RULE = "C1 causal, C2 normalised, C3 score before update, C4 single pass (code: 
 MAX_PER_KIND = 3
 
 
-def code_hits(text: str, flags: Flags | None = None) -> tuple[list[Hit], list[tuple[Hit, str]], str]:
+def code_hits(text: str, flags: Flags | None = None, parsed=None) -> tuple[list[Hit], list[tuple[Hit, str]], str]:
     """(findings, findings on paths the claimed runs switch off with the reason, how the source was read)."""
     from verify.pysource import parse_source
 
-    parsed = parse_source(text)
+    parsed = parsed or parse_source(text)
     if parsed.tree is None:
         return text_scan.scan(text), [], parsed.note
     try:
         facts = collect(parsed.tree)
         hits = (causality.detect(facts) + distribution.detect(facts) + score_first.detect(facts)
                 + single_pass.detect(facts))
-        gates = Gates(facts, flags or Flags(text, [], ""))
+        gates = Gates(facts, flags or Flags(text, [], "")) if hits else None
         on, off = [], []
         for h in hits:
             why = gates.off(h.line)
@@ -58,7 +58,7 @@ def run(ctx: Context) -> CheckResult:
         if f.source.note:
             r.add(WARN, f"{f.rel}: {f.source.note}: not scanned inside")
             continue
-        hits, off, note = code_hits(f.text, Flags(f.text, hparams, settings))
+        hits, off, note = code_hits(f.text, Flags(f.text, hparams, settings), f.parsed)
         _report(r, hits, f.where, WARN)
         for h, why in off[:6]:
             r.add(PASS, f"{h.render(f.where)}; not run: {why}")

@@ -91,7 +91,7 @@ def _eval(r: CheckResult, s: RunSummary, score: Score | None, hard: bool, why: s
         return
     if score is None:
         return
-    timed = [x for x in s.scores if x.final and x.eval_time_ms is not None and x.line <= score.line]
+    timed = [x for x in s.scores if x.kind >= 2 and x.eval_time_ms is not None and x.line <= score.line]
     if not timed:
         r.add(WARN, f"{s.path}: no evaluation time in the log for the claimed score (line {score.line})")
         return

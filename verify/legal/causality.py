@@ -51,7 +51,7 @@ def _table_of(node: ast.AST) -> str:
 def _caches(f: Func) -> list[Hit]:
     hits = []
     first_score = min((s.line for s in f.scores), default=None)
-    for n in own_nodes(f.node):
+    for n in f.nodes:
         line = getattr(n, "lineno", None)
         if line is None:
             continue

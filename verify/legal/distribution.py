@@ -41,7 +41,7 @@ def _targety(node: ast.AST) -> bool:
 
 def _oracle(f: Func) -> list[Hit]:
     hits = []
-    for n in own_nodes(f.node):
+    for n in f.nodes:
         if not isinstance(n, ast.Call):
             continue
         name = name_of(n.func)
@@ -67,7 +67,7 @@ def _oracle(f: Func) -> list[Hit]:
 
 def _gold_bias(f: Func) -> list[Hit]:
     hits = []
-    for n in own_nodes(f.node):
+    for n in f.nodes:
         line = getattr(n, "lineno", 0)
         if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Subscript) \
                 and LOGITS.search(name_of(n.target.value) or "") and _targety(n.target.slice):
@@ -97,7 +97,7 @@ def _gold_blend(f: Func) -> list[Hit]:
         return []
     score_deps = set().union(*(s.deps for s in f.scores))
     hits = []
-    for n in own_nodes(f.node):
+    for n in f.nodes:
         if not (isinstance(n, ast.Assign) and len(n.targets) == 1):
             continue
         for sub in ast.walk(n.value):

@@ -87,6 +87,10 @@ def data_names(node: ast.AST) -> set[str]:
             continue
         if isinstance(n, ast.Call) and name_of(n.func) in _INDEX_FUNCS:
             continue
+        if isinstance(n, ast.Constant):
+            if isinstance(n.value, str) and "fineweb_val" in n.value:
+                out.add("fineweb_val")  # a literal path of the validation shards
+            continue
         stack.extend(ast.iter_child_nodes(n))
     return out
 
@@ -129,13 +133,21 @@ def has_val_literal(node: ast.AST) -> bool:
 
 def own_nodes(fn: ast.AST):
     """The nodes of a function, not descending into nested functions/classes."""
-    stack = list(ast.iter_child_nodes(fn))
-    while stack:
-        n = stack.pop()
+    for n, _stmt in own_nodes_with_stmt(fn):
         yield n
+
+
+def own_nodes_with_stmt(fn: ast.AST):
+    """(node, the innermost statement holding it) for the nodes of a function, not descending into nested
+    functions/classes."""
+    stack = [(c, c if isinstance(c, ast.stmt) else None) for c in ast.iter_child_nodes(fn)]
+    while stack:
+        n, st = stack.pop()
+        yield n, st
         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
-        stack.extend(ast.iter_child_nodes(n))
+        for c in ast.iter_child_nodes(n):
+            stack.append((c, c if isinstance(c, ast.stmt) else st))
 
 
 def _targets(t: ast.AST) -> list[str]:
@@ -173,6 +185,7 @@ class Func:
     loops: list[tuple[int, int, ast.AST]] = field(default_factory=list)
     no_grad: list[tuple[int, int]] = field(default_factory=list)
     grad_params: set[str] = field(default_factory=set)
+    nodes: list[ast.AST] = field(default_factory=list)  # own nodes (not those of nested functions)
 
     @property
     def is_scorer(self) -> bool:
@@ -210,8 +223,6 @@ class Func:
 
     def is_val(self, node: ast.AST, line: int | None = None) -> bool:
         """``node`` (at ``line``) holds validation data, through what it is computed from."""
-        if has_val_literal(node):
-            return True
         ln = line if line is not None else getattr(node, "lineno", 10**9)
         return any(VAL_NAME.search(n) for n in self.deps_at(data_names(node), ln))
 
@@ -267,7 +278,9 @@ def _is_no_grad(w: ast.With) -> bool:
 def _func_facts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
     params = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
     f = Func(fn.name, fn, fn.lineno, getattr(fn, "end_lineno", fn.lineno) or fn.lineno, params)
-    nodes = list(own_nodes(fn))
+    pairs = list(own_nodes_with_stmt(fn))
+    nodes = [n for n, _ in pairs]
+    f.nodes = nodes
     for n in nodes:
         if isinstance(n, ast.Assign):
             for t in n.targets:
@@ -291,32 +304,32 @@ def _func_facts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
             f.no_grad.append((n.lineno, getattr(n, "end_lineno", n.lineno) or n.lineno))
     # validation taint, flow-insensitive to a fixed point
     val = {p for p in params if VAL_NAME.search(p)}
+    rhs_names = {name: [data_names(rhs) for _pos_, rhs in rhss] for name, rhss in f.assigns.items()}
+    for name, sets in rhs_names.items():
+        if any(VAL_NAME.search(m) for ns in sets for m in ns):
+            val.add(name)
     changed = True
     while changed:
         changed = False
-        for name, rhss in f.assigns.items():
-            if name in val:
-                continue
-            for _line, rhs in rhss:
-                if has_val_literal(rhs) or any(m in val or VAL_NAME.search(m) for m in data_names(rhs)):
-                    val.add(name)
-                    changed = True
-                    break
+        for name, sets in rhs_names.items():
+            if name not in val and any(ns & val for ns in sets):
+                val.add(name)
+                changed = True
     f.val = val
     # calls, backward statements, score statements
     stmts = [n for n in nodes if isinstance(n, ast.stmt)]
-    for n in nodes:
+    seen_back: set[int] = set()
+    for n, st in pairs:
         if isinstance(n, ast.Call):
             f.calls.append((n.lineno, name_of(n.func), list(n.args) + [k.value for k in n.keywords], n))
+            if st is not None and id(st) not in seen_back and _is_backward(n) and not isinstance(
+                    st, ast.For | ast.While | ast.If | ast.With | ast.Try):
+                seen_back.add(id(st))
+                f.backward.append(Stmt(st.lineno, st, f.closure(data_names(n), _pos(st))))
+    f.backward.sort(key=lambda b: b.line)
     for st in stmts:
         if isinstance(st, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
-        calls = [c for c in ast.walk(st) if isinstance(c, ast.Call)] if not isinstance(
-            st, ast.For | ast.While | ast.If | ast.With | ast.Try) else []
-        for c in calls:
-            if _is_backward(c):
-                f.backward.append(Stmt(st.lineno, st, f.closure(data_names(c), _pos(st))))
-                break
         if isinstance(st, ast.AugAssign) and isinstance(st.op, ast.Add):
             tgt = name_of(st.target)
             if SCORE_ACC.search(tgt) or (f.in_no_grad(st.lineno) and re.search(r"(?i)loss|nll|bits|byte|tok", tgt)):
