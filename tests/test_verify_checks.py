@@ -50,7 +50,9 @@ def test_passing_folder_has_no_fail_and_the_evidence(tmp_path, fmt):
     assert res["significance"].status == "SKIP" and res["deep"].status == "SKIP"
     # the evidence names files, lines and numbers
     assert any("train_seed42.log:" in t and "<= 16000000" in t for t in texts(res["size"]))
-    assert any(t.startswith("val_bpb ") and "the mean of 3 claimed runs" in t for t in texts(res["consistency"]))
+    assert any(
+        t.startswith("val_bpb ") and "the mean of 3 claimed runs" in t for t in texts(res["consistency"])
+    )
     assert any("hardware 8x NVIDIA H100" in t for t in texts(res["time"]))
 
 
@@ -257,8 +259,11 @@ def test_invented_val_bpb_and_per_seed_value_fail(tmp_path):
     (folder / "submission.json").write_text(json.dumps(sub))
     fail = texts(by_id(verify_folder(folder))["consistency"], "FAIL")
     assert any(x.startswith("val_bpb is 1.01234, better than every claimed run's score") for x in fail), fail
-    assert any(x.startswith("seed_results.314.val_bpb is 0.95, better than every logged final score of seed 314 ")
-               and "train_seed314.log:" in x for x in fail), fail
+    assert any(
+        x.startswith("seed_results.314.val_bpb is 0.95, better than every logged final score of seed 314 ")
+        and "train_seed314.log:" in x
+        for x in fail
+    ), fail
 
 
 def test_a_claim_worse_than_the_log_warns(tmp_path):
@@ -279,15 +284,20 @@ def test_claimed_seed_without_log_and_unclaimed_log(tmp_path):
     (folder / "train_seed7.log").write_text(text)
     res = by_id(verify_folder(folder))["consistency"]
     assert res.status == "WARN", texts(res)  # the claimed score is in a log: a mislabelled seed, not a FAIL
-    assert any("seed_results.999.val_bpb" in x and "train_seed7.log" in x and "not 999: a mislabelled seed" in x
-               for x in texts(res, "WARN"))
+    assert any(
+        "seed_results.999.val_bpb" in x and "train_seed7.log" in x and "not 999: a mislabelled seed" in x
+        for x in texts(res, "WARN")
+    )
 
 
 def test_a_claimed_seed_whose_log_is_unfinished_fails_consistency(tmp_path):
     folder = make_record(tmp_path, fmt="conventional", truncated_seed=314)
     res = by_id(verify_folder(folder))["consistency"]
     assert any(x.startswith("train_seed314.log: unfinished") for x in texts(res, "WARN"))
-    assert any(x.startswith("seed_results.314.val_bpb is") and "no log has that score" in x for x in texts(res, "FAIL"))
+    assert any(
+        x.startswith("seed_results.314.val_bpb is") and "no log has that score" in x
+        for x in texts(res, "FAIL")
+    )
 
 
 def test_value_of_one_seed_instead_of_the_mean_warns(tmp_path):
@@ -295,7 +305,11 @@ def test_value_of_one_seed_instead_of_the_mean_warns(tmp_path):
 
     folder = make_record(tmp_path, sub_overrides={"val_bpb": round(LOSSES[42] * BPB_PER_LOSS, 8)})
     res = by_id(verify_folder(folder))["consistency"]
-    assert res.status == "WARN" and "equals train_seed42.log's value" in res.summary and "not the mean" in res.summary
+    assert (
+        res.status == "WARN"
+        and "equals train_seed42.log's value" in res.summary
+        and "not the mean" in res.summary
+    )
 
 
 # ---------------------------------------------------------------------------- check 4: size
@@ -320,7 +334,10 @@ def test_artifact_files_and_real_code_size_count(tmp_path):
     (folder / "train_gpt.py").write_text(CLEAN_TRAIN_GPT + "# one more line\n")
     res = by_id(verify_folder(folder))["size"]
     assert res.status == "WARN"
-    assert any(f"train_gpt.py {code + 16} + train_seed42.ptz" in x and "> 16000000 by 16" in x for x in texts(res, "WARN"))
+    assert any(
+        f"train_gpt.py {code + 16} + train_seed42.ptz" in x and "> 16000000 by 16" in x
+        for x in texts(res, "WARN")
+    )
     assert any("the folder's code is not the code that ran" in x for x in texts(res, "WARN"))
 
 
@@ -329,14 +346,18 @@ def test_readable_code_beside_a_log_that_counts_compressed_code_passes(tmp_path)
     big = CLEAN_TRAIN_GPT + "#" * 150_000 + "\n"  # the readable source: 150 KB
     (folder / "train_gpt.py").write_text(big)
     for log in folder.glob("*.log"):
-        t = log.read_text().replace(f"Code size: {len(CLEAN_TRAIN_GPT)} bytes",
-                                    f"Code size (uncompressed): {len(big)} bytes\nCode size (compressed): 30000 bytes")
+        t = log.read_text().replace(
+            f"Code size: {len(CLEAN_TRAIN_GPT)} bytes",
+            f"Code size (uncompressed): {len(big)} bytes\nCode size (compressed): 30000 bytes",
+        )
         t = t.replace(f"int6+zstd: {15_900_000 + len(CLEAN_TRAIN_GPT)} bytes", "int6+zstd: 15930000 bytes")
         log.write_text(t)
     res = by_id(verify_folder(folder))["size"]
     assert res.status == "PASS", texts(res)
-    assert any("counts the compressed code (30000 bytes); train_gpt.py ships the readable source" in x
-               for x in texts(res, "PASS"))
+    assert any(
+        "counts the compressed code (30000 bytes); train_gpt.py ships the readable source" in x
+        for x in texts(res, "PASS")
+    )
 
 
 # ---------------------------------------------------------------------------- check 5: time
@@ -360,7 +381,10 @@ def test_eval_over_600_s_fails_and_small_overshoot_warns(tmp_path):
     )
     res = by_id(verify_folder(folder))["time"]
     assert any("train_seed42.log:" in x and "evaluation 601.000 s > 600 s" in x for x in texts(res, "FAIL"))
-    assert any("train_seed314.log:" in x and "21 ms past 600 s, within the 1 s grace" in x for x in texts(res, "PASS"))
+    assert any(
+        "train_seed314.log:" in x and "21 ms past 600 s, within the 1 s grace" in x
+        for x in texts(res, "PASS")
+    )
 
 
 def test_other_hardware_warns(tmp_path):
@@ -433,8 +457,12 @@ def test_prequant_ttt_code_warns_legality(tmp_path):
     assert res.status == "WARN"
     t = texts(res, "WARN")
     line = PREQUANT_TTT_TRAIN_GPT.splitlines().index("    adapt(model, opt, val_tokens, 3)") + 1
-    assert any(x.startswith(f"[C3 val-training] train_gpt.py:{line}:") and "adapt()" in x
-               and "quantize() at line" in x for x in t), t
+    assert any(
+        x.startswith(f"[C3 val-training] train_gpt.py:{line}:")
+        and "adapt()" in x
+        and "quantize() at line" in x
+        for x in t
+    ), t
 
 
 def test_packed_train_gpt_is_decoded_not_run(tmp_path):

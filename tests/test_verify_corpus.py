@@ -17,7 +17,9 @@ from verify.runner import verify_folder
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = [REPO.parent / "shared" / "records-real", Path("/work/shared/records-real")]
 ROOT = next((p for p in CANDIDATES if (p / "LABELS.tsv").is_file()), None)
-pytestmark = pytest.mark.skipif(ROOT is None, reason="../shared/records-real/LABELS.tsv absent: corpus test skipped")
+pytestmark = pytest.mark.skipif(
+    ROOT is None, reason="../shared/records-real/LABELS.tsv absent: corpus test skipped"
+)
 
 
 def _labels() -> list[tuple[str, str]]:
@@ -47,8 +49,10 @@ def test_every_labelled_folder_gets_its_verdict():
     for exp in ("no FAIL", "FAIL"):
         lines.append(f"{exp:10}{table.get((exp, 'no FAIL'), 0):>10}{table.get((exp, 'FAIL'), 0):>10}")
     lines.append(f"legality WARN: {len(legal_warn)}/{len(labels)} folders {legal_warn}")
-    lines.append(f"static verify per folder: max {max(times):.2f} s, mean {sum(times) / len(times):.2f} s "
-                 "(wall clock, this machine's load included; not asserted)")
+    lines.append(
+        f"static verify per folder: max {max(times):.2f} s, mean {sum(times) / len(times):.2f} s "
+        "(wall clock, this machine's load included; not asserted)"
+    )
     print("\n" + "\n".join(lines))
     assert not wrong, "\n".join(lines + wrong)
     assert len(legal_warn) <= 0.10 * len(labels), "\n".join(lines)
@@ -59,10 +63,14 @@ def test_the_claimed_runs_are_found_by_matching_the_claim():
     from verify.context import load_context
 
     cases = {
-        "track_10min_16mb/2026-04-04_SP4096_DepthRecurrence_ParallelResid_MuonEqR": ("train_seed42.log",
-                                                                                    "final_int6_sliding_window"),
-        "track_10min_16mb/2026-04-23_SP8192_CaseOps_SparseGate_QuantGate_Loop45_PhasedTTT_PolarNS_MinLR_FusedCE": (
-            "ttt_pr1767/seed_42.log", "quantized_ttt_phased"),
+        "track_10min_16mb/2026-04-04_SP4096_DepthRecurrence_ParallelResid_MuonEqR": (
+            "train_seed42.log",
+            "final_int6_sliding_window",
+        ),
+        "track_10min_16mb/2026-04-23_SP8192_CaseOps_SparseGate_QuantGate_Loop45_PhasedTTT_PolarNS_MinLR_FusedCE": (  # noqa: E501
+            "ttt_pr1767/seed_42.log",
+            "quantized_ttt_phased",
+        ),
         "track_10min_16mb/2026-03-17_LoRA_TTT": ("train_v3.txt", "final_int8_ttt_lora"),
     }
     for folder, (log, label) in cases.items():
@@ -71,4 +79,6 @@ def test_the_claimed_runs_are_found_by_matching_the_claim():
         ctx = load_context(ROOT / folder)
         assert ctx.match.matched
         assert any(c.log.path == log and c.score.label == label for c in ctx.match.runs), (
-            folder, [(c.log.path, c.score.label) for c in ctx.match.runs])
+            folder,
+            [(c.log.path, c.score.label) for c in ctx.match.runs],
+        )

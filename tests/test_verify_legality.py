@@ -57,12 +57,20 @@ def test_the_warning_names_the_lines_and_what_follows():
     src = (FIX / "c3_prequant_ttt" / "train_gpt.py").read_text().splitlines()
     line = src.index("    ttt_adapt(model, val_tokens)") + 1
     assert f"train_gpt.py:{line}:" in text and "ttt_adapt()" in text and "pre-quant TTT" in text
-    rescore = next(f.text for f in legality(FIX / "c3_rescore_after_ttt").findings if "val-training" in f.text)
+    rescore = next(
+        f.text for f in legality(FIX / "c3_rescore_after_ttt").findings if "val-training" in f.text
+    )
     assert "then scores them with eval_val()" in rescore
 
 
 @pytest.mark.parametrize(
-    "case", ["legal_score_first_ttt", "legal_phased_lora_ttt", "legal_full_blend_and_causal_cache", "legal_disabled_slot"]
+    "case",
+    [
+        "legal_score_first_ttt",
+        "legal_phased_lora_ttt",
+        "legal_full_blend_and_causal_cache",
+        "legal_disabled_slot",
+    ],
 )
 def test_legal_designs_pass(case):
     res = legality(FIX / case)
@@ -87,7 +95,8 @@ def test_a_logged_setting_turns_the_path_on(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case,tag", [("c3_log_ttt_before_artifact", "[C3 ttt-before-artifact]"), ("c4_log_second_pass", "[C4 second-pass]")]
+    "case,tag",
+    [("c3_log_ttt_before_artifact", "[C3 ttt-before-artifact]"), ("c4_log_second_pass", "[C4 second-pass]")],
 )
 def test_a_break_the_log_proves_fails(case, tag):
     res = legality(FIX / case)
@@ -108,8 +117,10 @@ def test_the_projects_own_trainer_gets_no_finding():
     assert on == [], [h.render("submission/train_gpt.py") for h in on]
 
 
-@pytest.mark.skipif(not (SHARED / "reference" / "sota_1.0611").is_dir(),
-                    reason="../shared/reference/sota_1.0611 absent: the 1.0611 reference cannot be scanned")
+@pytest.mark.skipif(
+    not (SHARED / "reference" / "sota_1.0611").is_dir(),
+    reason="../shared/reference/sota_1.0611 absent: the 1.0611 reference cannot be scanned",
+)
 def test_the_1_0611_reference_record_passes():
     on, off, _ = code_hits((SHARED / "reference" / "sota_1.0611" / "train_gpt.py").read_text())
     assert on == [], [h.render("sota_1.0611/train_gpt.py") for h in on]

@@ -24,9 +24,21 @@ from pathlib import Path
 
 from verify.limits import OFFICIAL_TOKENIZERS
 from verify.result import PASS, WARN
-from verify.spmodel import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, ModelError, Piece, read_pieces
+from verify.spmodel import (
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    UNUSED,
+    USER_DEFINED,
+    ModelError,
+    Piece,
+    read_pieces,
+)
 
-SIDECAR = re.compile(r"fineweb_val_bytes|val_token_bytes|byte_sidecar|token_bytes_\w*\.bin|val_bytes_\w*\.bin")
+SIDECAR = re.compile(
+    r"fineweb_val_bytes|val_token_bytes|byte_sidecar|token_bytes_\w*\.bin|val_bytes_\w*\.bin"
+)
 BYTE_NAME = re.compile(r"(?i)byte")
 MAX_TABLE_FILE = 64 * 1024 * 1024
 
@@ -78,8 +90,12 @@ def _json_tables(obj, prefix="") -> dict[str, list[int]]:
     if isinstance(obj, dict):
         for k, v in obj.items():
             key = f"{prefix}.{k}" if prefix else str(k)
-            if BYTE_NAME.search(str(k)) and isinstance(v, list) and len(v) >= 256 and all(
-                    isinstance(x, int) and not isinstance(x, bool) for x in v):
+            if (
+                BYTE_NAME.search(str(k))
+                and isinstance(v, list)
+                and len(v) >= 256
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            ):
                 out[key] = v
             elif isinstance(v, dict | list):
                 out.update(_json_tables(v, key))
@@ -94,20 +110,28 @@ def _code_tables(text: str) -> list[tuple[int, str, int]]:
     out = []
     for m in _LITERAL_TABLE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        end = text.find("]", m.end())
-        body = text[m.end() - 1: end if end > 0 else m.end()]
-        out.append((line, m.group(1), body.count(",") + 1))
+        opening = m.end(1) + text[m.end(1):m.end()].find("=") + 1
+        close = {"[": "]", "(": ")"}
+        start = min(i for i in (text.find("[", opening), text.find("(", opening)) if i >= 0)
+        end = text.find(close[text[start]], start)
+        body = text[start + 1: end if end > 0 else m.end()]
+        out.append((line, m.group(1), len(re.findall(r"-?\d+", body))))
     return out
 
 
 def _compare(table: list[int], pieces: list[Piece], what: str, tok: str) -> tuple[str, str]:
     n = min(len(table), len(pieces))
-    over = [(i, pieces[i].piece, table[i], pieces[i].text_bytes()) for i in range(n)
-            if pieces[i].type not in (CONTROL, UNKNOWN, UNUSED) and table[i] > pieces[i].text_bytes()]
+    over = [
+        (i, pieces[i].piece, table[i], pieces[i].text_bytes())
+        for i in range(n)
+        if pieces[i].type not in (CONTROL, UNKNOWN, UNUSED) and table[i] > pieces[i].text_bytes()
+    ]
     if over:
         ex = ", ".join(f"id {i} {p!r}: {t} > {b}" for i, p, t, b in over[:4])
-        return WARN, (f"[bytes] {what} counts more bytes than the text of {len(over)} piece(s) of {tok} ({ex}): "
-                      "the score's byte count is inflated; recount with --data")
+        return WARN, (
+            f"[bytes] {what} counts more bytes than the text of {len(over)} piece(s) of {tok} ({ex}): "
+            "the score's byte count is inflated; recount with --data"
+        )
     return PASS, f"{what} agrees with the pieces of {tok} ({n} entries; no piece counts more than its text)"
 
 
@@ -146,13 +170,23 @@ def analyse(folder: Path, files: list[str], code_texts: list[tuple[str, str]]) -
             continue
         ex = ", ".join(f"{m.piece!r} ({m.text_bytes()} B)" for m in markers[:4])
         if sidecar:
-            out.append((PASS, f"{rel}: {len(markers)} user-defined piece(s) ({ex}) stand for no original text; the "
-                              f"code counts the original bytes from per-token sidecars ({sidecar.group(0)}): legal"))
+            out.append(
+                (
+                    PASS,
+                    f"{rel}: {len(markers)} user-defined piece(s) ({ex}) stand for no original text; the "
+                    f"code counts the original bytes from per-token sidecars ({sidecar.group(0)}): legal",
+                )
+            )
         else:
-            out.append((WARN, f"[bytes] {rel}: {len(markers)} user-defined piece(s) ({ex}) would count their own "
-                              "text's bytes in the usual byte table, and the code reads no byte sidecar of the "
-                              "original text: if they stand for no text the byte count is inflated; recount "
-                              "with --data"))
+            out.append(
+                (
+                    WARN,
+                    f"[bytes] {rel}: {len(markers)} user-defined piece(s) ({ex}) would count their own "
+                    "text's bytes in the usual byte table, and the code reads no byte sidecar of the "
+                    "original text: if they stand for no text the byte count is inflated; recount "
+                    "with --data",
+                )
+            )
     ref = tokenizers[0] if tokenizers else None
     for rel in files:
         tables: dict[str, list[int]] = {}
@@ -175,10 +209,20 @@ def analyse(folder: Path, files: list[str], code_texts: list[tuple[str, str]]) -
             if ref is not None:
                 out.append(_compare(table, ref[1], f"the byte table {what}", ref[0]))
             else:
-                out.append((WARN, f"[bytes] the byte table {what} ({len(table)} entries) cannot be compared with a "
-                                  "tokenizer in the folder: recount with --data"))
+                out.append(
+                    (
+                        WARN,
+                        f"[bytes] the byte table {what} ({len(table)} entries) cannot be compared with a "
+                        "tokenizer in the folder: recount with --data",
+                    )
+                )
     for rel, text in code_texts:
         for line, name, n in _code_tables(text):
-            out.append((WARN, f"[bytes] {rel}:{line}: a hard-coded byte table {name} ({n} entries): the byte "
-                              "count does not come from the tokenizer's pieces; recount with --data"))
+            out.append(
+                (
+                    WARN,
+                    f"[bytes] {rel}:{line}: a hard-coded byte table {name} ({n} entries): the byte "
+                    "count does not come from the tokenizer's pieces; recount with --data",
+                )
+            )
     return out

@@ -42,7 +42,7 @@ class Match:
 
 
 def score_unit(s: Score) -> float:
-    return 10.0 ** -s.digits if s.digits else 0.0
+    return 10.0**-s.digits if s.digits else 0.0
 
 
 def close(claim: Value, s: Score, aggregate: bool = False) -> bool:
@@ -79,8 +79,11 @@ def match_claim(claim: Claim | None, runs: list[RunSummary]) -> Match:
     if claim is None or claim.empty:
         m.runs = [ClaimedRun(r, best_score(r.scores)) for r in scored]
         if claim is not None:
-            m.add(WARN, "the submission JSON states no val_bpb: the claimed runs cannot be told apart; "
-                        "every log with a score counts")
+            m.add(
+                WARN,
+                "the submission JSON states no val_bpb: the claimed runs cannot be told apart; "
+                "every log with a score counts",
+            )
         return m
     used: set[int] = set()
     per = [p for p in claim.per_seed if p.val_bpb is not None]
@@ -94,13 +97,21 @@ def match_claim(claim: Claim | None, runs: list[RunSummary]) -> Match:
     return m
 
 
-def _match_seed(p: SeedClaim, scored: list[RunSummary], runs: list[RunSummary], used: set[int], m: Match) -> None:
+def _match_seed(
+    p: SeedClaim, scored: list[RunSummary], runs: list[RunSummary], used: set[int], m: Match
+) -> None:
     cands = [(r, s) for r in scored for s in r.scores if close(p.val_bpb, s)]
     if cands:
         r, s = max(
             cands,
-            key=lambda rs: (id(rs[0]) not in used, p.seed in log_seeds(rs[0]), rs[1].final, rs[1].kind,
-                            rs[1].exact, -abs(rs[1].val_bpb - p.val_bpb.value)),
+            key=lambda rs: (
+                id(rs[0]) not in used,
+                p.seed in log_seeds(rs[0]),
+                rs[1].final,
+                rs[1].kind,
+                rs[1].exact,
+                -abs(rs[1].val_bpb - p.val_bpb.value),
+            ),
         )
         used.add(id(r))
         m.runs.append(ClaimedRun(r, s, p))
@@ -108,7 +119,10 @@ def _match_seed(p: SeedClaim, scored: list[RunSummary], runs: list[RunSummary], 
         if not s.final:
             m.add(WARN, f"{text}: a pre-quantization score, not the exported model's")
         elif p.seed is not None and log_seeds(r) and p.seed not in log_seeds(r):
-            m.add(WARN, f"{text}, but that run is seed {r.seed} ({r.at('seed')}), not {p.seed}: a mislabelled seed")
+            m.add(
+                WARN,
+                f"{text}, but that run is seed {r.seed} ({r.at('seed')}), not {p.seed}: a mislabelled seed",
+            )
         else:
             m.add(PASS, text)
         return
@@ -117,16 +131,25 @@ def _match_seed(p: SeedClaim, scored: list[RunSummary], runs: list[RunSummary], 
     if finals:
         r, s = min(finals, key=lambda rs: rs[1].val_bpb)
         if p.val_bpb.value < s.val_bpb - fail_margin(p.val_bpb, s):
-            m.add(FAIL, f"{p.val_bpb.key} is {p.val_bpb.value}, better than every logged final score of seed "
-                        f"{p.seed} (best: {_desc(r, s)}): a number in no log")
+            m.add(
+                FAIL,
+                f"{p.val_bpb.key} is {p.val_bpb.value}, better than every logged final score of seed "
+                f"{p.seed} (best: {_desc(r, s)}): a number in no log",
+            )
         else:
-            m.add(WARN, f"{p.val_bpb.key} is {p.val_bpb.value} but no log line has it; seed {p.seed}'s logs give "
-                        f"{_desc(r, s)} (the claim is not better)")
+            m.add(
+                WARN,
+                f"{p.val_bpb.key} is {p.val_bpb.value} but no log line has it; seed {p.seed}'s logs give "
+                f"{_desc(r, s)} (the claim is not better)",
+            )
         m.runs.append(ClaimedRun(r, best_score(r.scores), p))
         return
     names = ", ".join(sorted({r.path for r in same})) or "none"
-    m.add(FAIL, f"{p.val_bpb.key} is {p.val_bpb.value}, but no log has that score and no log of seed {p.seed} "
-                f"has a final score (logs of that seed: {names}): a number in no log")
+    m.add(
+        FAIL,
+        f"{p.val_bpb.key} is {p.val_bpb.value}, but no log has that score and no log of seed {p.seed} "
+        f"has a final score (logs of that seed: {names}): a number in no log",
+    )
 
 
 def _groups(claim: Claim, scored: list[RunSummary]) -> list[list[RunSummary]]:
@@ -152,12 +175,18 @@ def _match_mean(claim: Claim, scored: list[RunSummary], m: Match) -> None:
         if abs(c.value - mean) <= tol:
             m.add(PASS, f"{c.key} {c.value} = the mean of {len(vals)} claimed runs {mean:.8f} ({where})")
         elif c.value < min(vals) - c.unit - 1e-6:
-            m.add(FAIL, f"{c.key} is {c.value}, better than every claimed run's score (best {min(vals):.8f}; "
-                        f"{where}): a number in no log")
+            m.add(
+                FAIL,
+                f"{c.key} is {c.value}, better than every claimed run's score (best {min(vals):.8f}; "
+                f"{where}): a number in no log",
+            )
         elif len(vals) > 1 and any(close(c, r.score) for r in m.runs):
             one = next(r for r in m.runs if close(c, r.score))
-            m.add(WARN, f"{c.key} {c.value} equals {one.log.path}'s value ({one.where}), not the mean of the "
-                        f"{len(vals)} claimed runs ({mean:.8f})")
+            m.add(
+                WARN,
+                f"{c.key} {c.value} equals {one.log.path}'s value ({one.where}), not the mean of the "
+                f"{len(vals)} claimed runs ({mean:.8f})",
+            )
         else:
             m.add(WARN, f"{c.key} is {c.value} but the claimed runs average {mean:.8f} ({where})")
         return
@@ -185,7 +214,10 @@ def _match_mean(claim: Claim, scored: list[RunSummary], m: Match) -> None:
         _, picks, mean = best
         m.runs = [ClaimedRun(r, s) for r, s in picks]
         where = ", ".join(f"{r.path}:{s.line}" for r, s in picks[:5])
-        m.add(PASS, f"{c.key} {c.value} = the mean of {len(picks)} seeds' {picks[0][1].label} {mean:.8f} ({where})")
+        m.add(
+            PASS,
+            f"{c.key} {c.value} = the mean of {len(picks)} seeds' {picks[0][1].label} {mean:.8f} ({where})",
+        )
         return
     singles = [(r, s) for r in scored for s in r.scores if close(c, s)]
     if singles:
@@ -193,8 +225,11 @@ def _match_mean(claim: Claim, scored: list[RunSummary], m: Match) -> None:
         m.runs = [ClaimedRun(r, s)]
         text = f"{c.key} {c.value} = {_desc(r, s)}"
         if len(claim.seeds) > 1:
-            m.add(WARN, f"{c.key} {c.value} equals {r.path}'s value ({_desc(r, s)}), not the mean of the "
-                        f"{len(claim.seeds)} claimed seeds")
+            m.add(
+                WARN,
+                f"{c.key} {c.value} equals {r.path}'s value ({_desc(r, s)}), not the mean of the "
+                f"{len(claim.seeds)} claimed seeds",
+            )
         elif not s.final:
             m.add(WARN, f"{text}: a pre-quantization score, not the exported model's")
         else:
@@ -207,12 +242,18 @@ def _match_mean(claim: Claim, scored: list[RunSummary], m: Match) -> None:
         return
     r, s = min(finals, key=lambda rs: rs[1].val_bpb)
     if c.value < s.val_bpb - fail_margin(c, s):
-        m.add(FAIL, f"{c.key} is {c.value}, better than every logged final score (best: {_desc(r, s)}): a number "
-                    "in no log")
+        m.add(
+            FAIL,
+            f"{c.key} is {c.value}, better than every logged final score (best: {_desc(r, s)}): a number "
+            "in no log",
+        )
     else:
         nearest = min(finals, key=lambda rs: abs(rs[1].val_bpb - c.value))
-        m.add(WARN, f"{c.key} is {c.value}; no log line or mean of seeds has it (nearest: "
-                    f"{_desc(*nearest)}; best: {_desc(r, s)})")
+        m.add(
+            WARN,
+            f"{c.key} is {c.value}; no log line or mean of seeds has it (nearest: "
+            f"{_desc(*nearest)}; best: {_desc(r, s)})",
+        )
 
 
 def unit_of(v) -> float:  # re-exported for the checks

@@ -18,8 +18,14 @@ MEAN_BPB_KEYS = ("val_bpb", "mean_val_bpb", "val_bpb_mean", "mean_bpb", "bpb")
 MEAN_LOSS_KEYS = ("val_loss", "mean_val_loss", "val_loss_mean", "mean_val_loss_nats", "val_loss_nats")
 STD_BPB_KEYS = ("val_bpb_std", "std_bpb", "std_val_bpb", "bpb_std")
 STD_LOSS_KEYS = ("val_loss_std", "std_val_loss", "std_val_loss_nats", "val_loss_nats_std")
-TOTAL_KEYS = ("bytes_total", "artifact_bytes_max", "artifact_bytes", "artifact_size_bytes", "total_bytes",
-              "submission_bytes")
+TOTAL_KEYS = (
+    "bytes_total",
+    "artifact_bytes_max",
+    "artifact_bytes",
+    "artifact_size_bytes",
+    "total_bytes",
+    "submission_bytes",
+)
 CODE_KEYS = ("bytes_code", "code_bytes")
 SEED_BPB_KEYS = ("val_bpb", "bpb", "post_ttt_val_bpb", "final_val_bpb")
 SEED_LOSS_KEYS = ("val_loss", "val_loss_nats", "post_ttt_val_loss", "final_val_loss")
@@ -140,7 +146,9 @@ def read_claim(sub: dict) -> Claim:
             if isinstance(v, dict):
                 c.per_seed.append(_seed_entry(k, v, f"seed_results.{k}"))
             elif number(v) is not None:  # {"42": 1.0811}
-                c.per_seed.append(SeedClaim(_int(k), f"seed_results.{k}", val_bpb=Value(v, f"seed_results.{k}")))
+                c.per_seed.append(
+                    SeedClaim(_int(k), f"seed_results.{k}", val_bpb=Value(v, f"seed_results.{k}"))
+                )
     elif isinstance(sr, list):
         for i, v in enumerate(sr):
             if isinstance(v, dict):

@@ -18,7 +18,9 @@ from verify.sources import CodeSet, load_code
 from verify.unpack import Source
 
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
-_NOT_LOGS = re.compile(r"(?i)^(requirements|readme|license|notice|commit_message|changelog)\b|\.(md|tsv|csv)$")
+_NOT_LOGS = re.compile(
+    r"(?i)^(requirements|readme|license|notice|commit_message|changelog)\b|\.(md|tsv|csv)$"
+)
 _LOG_EXT = (".log", ".txt", ".out", ".stdout", ".stderr")
 MAX_DEPTH = 3
 MAX_LOG_BYTES = 64 * 1024 * 1024
@@ -163,13 +165,18 @@ def load_context(folder: Path | None, options: Options | None = None) -> Context
         hashes[digest] = rel
         parsed.append(s)
     runs = [s for s in parsed if s.is_run]
-    ctx.other_logs = [s for s in parsed if not s.is_run and (s.path.endswith(".log") or "log" in s.path.lower())]
+    ctx.other_logs = [
+        s for s in parsed if not s.is_run and (s.path.endswith(".log") or "log" in s.path.lower())
+    ]
     # the same run under two names (train.log next to train_seed1337.log): count it once, keep the seed-named
     runs.sort(key=lambda s: (seed_from_name(s.path) is None, s.path))
     kept: dict[tuple, RunSummary] = {}
     for s in runs:
-        key = ((s.seed, s.val_bpb, s.val_loss, s.total_bytes, s.train_time_ms) if s.val_bpb is not None
-               else (s.path,))
+        key = (
+            (s.seed, s.val_bpb, s.val_loss, s.total_bytes, s.train_time_ms)
+            if s.val_bpb is not None
+            else (s.path,)
+        )
         if key in kept:
             ctx.duplicates.append((s.path, kept[key].path))
         else:
@@ -180,7 +187,8 @@ def load_context(folder: Path | None, options: Options | None = None) -> Context
         ctx.submission_name = name
         _load_submission(ctx, folder / name)
     logged_code = {s.code_bytes for s in ctx.logs if s.code_bytes} | {
-        s.code_bytes_uncompressed for s in ctx.logs if s.code_bytes_uncompressed}
+        s.code_bytes_uncompressed for s in ctx.logs if s.code_bytes_uncompressed
+    }
     ctx.code = load_code(folder, ctx.files, logged_code)
     return ctx
 

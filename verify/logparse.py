@@ -91,9 +91,7 @@ _RE_TOKENIZER = re.compile(r"tokenizer_path[=:]\s*(\S+)", re.I)
 _RE_TORCH = re.compile(r"^running pytorch\s+(\S+)", re.I)
 _RE_SEED_NAME = re.compile(r"seed[_\-]?(\d+)|(?:^|[_\-])s(\d+)(?=\.\w+$)", re.I)
 _RE_RULE = re.compile(r"^\s*[=\-#*]{20,}\s*$")
-_PY_START = re.compile(
-    r'^(?:"""|\'\'\'|#!|import \w|from [\w.]+ import |def \w+\(|class \w+[(:]|@\w)'
-)
+_PY_START = re.compile(r'^(?:"""|\'\'\'|#!|import \w|from [\w.]+ import |def \w+\(|class \w+[(:]|@\w)')
 _RE_EVAL_ONLY = re.compile(r"(?i)\beval[_ -]?only\b.*(?:skip|load)|skipping training")
 # time the log shows outside an evaluation timer, after training (compile warm-up, decompression, ...)
 _RE_OUTSIDE = re.compile(
@@ -245,7 +243,7 @@ def strip_prefix(line: str) -> str:
         m = _LINE_PREFIX.match(line)
         if not m or m.end() == 0:
             break
-        line = line[m.end():]
+        line = line[m.end() :]
     return line
 
 
@@ -272,7 +270,9 @@ def code_regions(lines: list[str]) -> list[tuple[int, int]]:
     return out
 
 
-_PREQUANT = re.compile(r"(?i)pre[-_ ]?quant|prequant|post[-_ ]?ema|\bema\b|pre[-_ ]?export|unquantized|fp32|bf16")
+_PREQUANT = re.compile(
+    r"(?i)pre[-_ ]?quant|prequant|post[-_ ]?ema|\bema\b|pre[-_ ]?export|unquantized|fp32|bf16"
+)
 
 
 def is_prequant_label(label: str) -> bool:
@@ -296,8 +296,26 @@ def is_result_label(label: str) -> bool:
     low = label.lower()
     return low.startswith("final") or any(
         k in low
-        for k in ("quantiz", "ttt", "sliding", "roundtrip", "post-ema", "pre-quant", "prequant", "diagnostic",
-                  "post_ema", "int6", "int8", "int4", "eval", "legal", "ngram", "n-gram", "slot", "test")
+        for k in (
+            "quantiz",
+            "ttt",
+            "sliding",
+            "roundtrip",
+            "post-ema",
+            "pre-quant",
+            "prequant",
+            "diagnostic",
+            "post_ema",
+            "int6",
+            "int8",
+            "int4",
+            "eval",
+            "legal",
+            "ngram",
+            "n-gram",
+            "slot",
+            "test",
+        )
     )
 
 
@@ -344,7 +362,7 @@ def _parse(text: str, s: RunSummary) -> None:
             continue
         if raw.startswith(JSON_PREFIX):
             try:
-                obj = json.loads(raw[len(JSON_PREFIX):])
+                obj = json.loads(raw[len(JSON_PREFIX) :])
             except (json.JSONDecodeError, RecursionError):
                 s.problems.append(f"line {no}: malformed pgolf_json line")
                 continue
@@ -383,7 +401,10 @@ def _parse(text: str, s: RunSummary) -> None:
             last_step = (step, iters)
             t = _RE_STEP_TIME.search(m.group(5) or "")
             if t and _f(t.group(1)) is not None:
-                last_train_ms = (no, _f(t.group(1)) * {"ms": 1.0, "s": 1000.0, "m": 60000.0}[t.group(2).lower()])
+                last_train_ms = (
+                    no,
+                    _f(t.group(1)) * {"ms": 1.0, "s": 1000.0, "m": 60000.0}[t.group(2).lower()],
+                )
             continue
         m = _RE_STEP_TRAIN.match(ln)
         if m:
@@ -394,7 +415,10 @@ def _parse(text: str, s: RunSummary) -> None:
             last_step = (step, iters)
             t = _RE_STEP_TIME.search(m.group(4) or "")
             if t and _f(t.group(1)) is not None:
-                last_train_ms = (no, _f(t.group(1)) * {"ms": 1.0, "s": 1000.0, "m": 60000.0}[t.group(2).lower()])
+                last_train_ms = (
+                    no,
+                    _f(t.group(1)) * {"ms": 1.0, "s": 1000.0, "m": 60000.0}[t.group(2).lower()],
+                )
             continue
         m = _RE_STOP.match(ln)
         if m:
@@ -421,9 +445,16 @@ def _parse(text: str, s: RunSummary) -> None:
             conv_hits += 1
             low = label.lower()
             results.append(
-                Score(no, label, loss, bpb, ms, kind_rank(label),
-                      exact=low.endswith("_exact") or "_exact " in low or low.endswith(" exact"),
-                      digits=_digits(bpb_txt.group(1)) if bpb_txt else 0)
+                Score(
+                    no,
+                    label,
+                    loss,
+                    bpb,
+                    ms,
+                    kind_rank(label),
+                    exact=low.endswith("_exact") or "_exact " in low or low.endswith(" exact"),
+                    digits=_digits(bpb_txt.group(1)) if bpb_txt else 0,
+                )
             )
             continue
         m = _RE_CODE.match(ln)
@@ -437,8 +468,10 @@ def _parse(text: str, s: RunSummary) -> None:
             else:
                 code_plain = (no, int(m.group(2)))
             continue
-        hit = next(((key, m) for key, rx in (("model", _RE_MODEL), ("total", _RE_TOTAL)) if (m := rx.match(ln))),
-                   None)
+        hit = next(
+            ((key, m) for key, rx in (("model", _RE_MODEL), ("total", _RE_TOTAL)) if (m := rx.match(ln))),
+            None,
+        )
         if hit:  # "Serialized model ..." / "Total submission size ...": the last one is the artifact's
             conv_hits += 1
             key, m = hit
@@ -689,8 +722,18 @@ def _apply_events(events: list[tuple[int, dict]], s: RunSummary) -> None:
                 bpb = _num(e.get("val_bpb"))
                 if bpb is not None:
                     kind = 1 if ph.startswith("prequant") else kind_rank(ph)
-                    scores.append(Score(no, ph, _num(e.get("val_loss")), bpb, _num(e.get("eval_time_ms")),
-                                        kind, exact=True, digits=12))
+                    scores.append(
+                        Score(
+                            no,
+                            ph,
+                            _num(e.get("val_loss")),
+                            bpb,
+                            _num(e.get("eval_time_ms")),
+                            kind,
+                            exact=True,
+                            digits=12,
+                        )
+                    )
         elif ev == "final":
             final_seen = True
             seed = _i(e.get("seed"))
@@ -702,8 +745,18 @@ def _apply_events(events: list[tuple[int, dict]], s: RunSummary) -> None:
             s.final_phase = e.get("phase") if isinstance(e.get("phase"), str) else None
             s.lines["val_bpb"] = s.lines["val_loss"] = s.lines["final_phase"] = no
             if bpb is not None:
-                scores.append(Score(no, f"final {s.final_phase or ''}".strip(), loss, bpb,
-                                    _num(e.get("eval_time_ms")), 5, exact=True, digits=12))
+                scores.append(
+                    Score(
+                        no,
+                        f"final {s.final_phase or ''}".strip(),
+                        loss,
+                        bpb,
+                        _num(e.get("eval_time_ms")),
+                        5,
+                        exact=True,
+                        digits=12,
+                    )
+                )
             v = _num(e.get("eval_time_ms"))
             if v is not None:
                 s.eval_time_ms = v

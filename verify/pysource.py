@@ -116,7 +116,7 @@ def modernize_fstrings(src: str) -> tuple[str, int]:
             lit = src[i:end]
             quote = m.group(2)
             if reuse and len(quote) == 1 and "f" in (m.group(1) or "").lower() and lit.endswith(quote):
-                body = lit[m.end() - i: len(lit) - 1]
+                body = lit[m.end() - i : len(lit) - 1]
                 lit = (m.group(1) or "") + quote * 3 + body + quote * 3
                 count += 1
             out.append(lit)

@@ -102,7 +102,9 @@ def load_code(folder: Path, rels: list[str], logged_code_sizes: set[int] | None 
     i = 0
     while i < len(scan):
         for m in _IMPORT.finditer(scan[i].text):
-            names = [m.group(1)] if m.group(1) else [n.strip().split(" as ")[0] for n in m.group(2).split(",")]
+            names = (
+                [m.group(1)] if m.group(1) else [n.strip().split(" as ")[0] for n in m.group(2).split(",")]
+            )
             for n in names:
                 mod = modules.get(n.split(".")[0].strip())
                 if mod is not None and mod not in scan:

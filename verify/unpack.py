@@ -61,8 +61,14 @@ def _lzma_chains(hint: str) -> list[list[dict]]:
     chains: list[list[dict]] = []
     names = re.findall(r"FILTER_\w+", hint)
     if names:
-        opts = {k: int(v) for k, v in re.findall(r"[\"'](dict_size|preset|lc|lp|pb|dist|start_offset)[\"']\s*:"
-                                                  r"\s*(\d+)", hint)}
+        opts = {
+            k: int(v)
+            for k, v in re.findall(
+                r"[\"'](dict_size|preset|lc|lp|pb|dist|start_offset)[\"']\s*:"
+                r"\s*(\d+)",
+                hint,
+            )
+        }
         chain = []
         for n in names:
             fid = _FILTER_IDS.get(n)
@@ -84,7 +90,9 @@ def _lzma_chains(hint: str) -> list[list[dict]]:
         [{"id": lzma.FILTER_LZMA1, "dict_size": big}],
         [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2, "dict_size": big}],
     ]
-    chains += [[{"id": lzma.FILTER_DELTA, "dist": d}, {"id": lzma.FILTER_LZMA2, "dict_size": big}] for d in (1, 2, 4)]
+    chains += [
+        [{"id": lzma.FILTER_DELTA, "dist": d}, {"id": lzma.FILTER_LZMA2, "dict_size": big}] for d in (1, 2, 4)
+    ]
     return chains
 
 
@@ -96,7 +104,9 @@ def _decompressors(hint: str):
             pass
         for chain in _lzma_chains(hint):
             try:
-                return lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=chain).decompress(b, max_length=_MAX_OUT)
+                return lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=chain).decompress(
+                    b, max_length=_MAX_OUT
+                )
             except (lzma.LZMAError, ValueError):
                 continue
         raise lzma.LZMAError("no filter chain decodes it")
@@ -144,7 +154,9 @@ def _literals_ast(text: str) -> list[bytes] | None:
                 if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add):
                     stack += [n.right, n.left]
                 elif isinstance(n, ast.Constant) and isinstance(n.value, str | bytes):
-                    parts.append(n.value if isinstance(n.value, bytes) else n.value.encode("latin-1", "ignore"))
+                    parts.append(
+                        n.value if isinstance(n.value, bytes) else n.value.encode("latin-1", "ignore")
+                    )
                 else:
                     parts = []
                     break
@@ -177,8 +189,10 @@ def _literals_tokens(text: str) -> list[bytes]:
     if run:
         vals.append(b"".join(run))
     if not vals:  # last resort: quoted runs of payload characters
-        vals = [m.group(2).encode("latin-1", "ignore")
-                for m in re.finditer(r"([\"'])([A-Za-z0-9+/=!#$%&()*\-;<>?@^_`{|}~.:,\[\]]{48,})\1", text)]
+        vals = [
+            m.group(2).encode("latin-1", "ignore")
+            for m in re.finditer(r"([\"'])([A-Za-z0-9+/=!#$%&()*\-;<>?@^_`{|}~.:,\[\]]{48,})\1", text)
+        ]
     return vals
 
 

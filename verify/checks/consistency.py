@@ -50,16 +50,22 @@ def run(ctx: Context) -> CheckResult:
             status = WARN if (p.startswith("unfinished") or "seed" in p or p.startswith("unknown")) else WARN
             r.add(status, f"{s.path}: {p}")
     if ctx.submission is None:
-        r.add(SKIP, "no usable submission JSON: the claim cannot be compared "
-                    f"(logs with a score: {', '.join(s.path for s in ctx.runs[:6]) or 'none'})")
+        r.add(
+            SKIP,
+            "no usable submission JSON: the claim cannot be compared "
+            f"(logs with a score: {', '.join(s.path for s in ctx.runs[:6]) or 'none'})",
+        )
         return r
     for status, text in m.findings:
         r.add(status, text)
     if m.matched:
         others = [s.path for s in ctx.runs if id(s) not in claimed_logs]
         if others:
-            r.add(PASS, f"logs not claimed (side runs, other seeds, re-runs): {', '.join(others[:8])}"
-                        + (" ..." if len(others) > 8 else ""))
+            r.add(
+                PASS,
+                f"logs not claimed (side runs, other seeds, re-runs): {', '.join(others[:8])}"
+                + (" ..." if len(others) > 8 else ""),
+            )
     claim = ctx.claim
     if claim is None:
         return r
@@ -69,7 +75,9 @@ def run(ctx: Context) -> CheckResult:
     _bytes_total(claim, m, r)
     _bytes_code(ctx, claim, r)
     for seed in claim.seeds:
-        if not any(seed in _seeds(c.log) for c in m.runs) and not any(c.claim and c.claim.seed == seed for c in m.runs):
+        if not any(seed in _seeds(c.log) for c in m.runs) and not any(
+            c.claim and c.claim.seed == seed for c in m.runs
+        ):
             if not any(seed in _seeds(s) for s in ctx.logs):
                 r.add(WARN, f"seed {seed} is claimed but no log is of that seed")
     if r.status == SKIP:
@@ -83,8 +91,15 @@ def _seeds(log: RunSummary) -> set[int]:
     return log_seeds(log)
 
 
-def _cmp(r: CheckResult, v: Value | None, actual: float | None, where: str, aggregate: bool = False,
-         actual_unit: float = 0.0, scale: float = 1.0) -> None:
+def _cmp(
+    r: CheckResult,
+    v: Value | None,
+    actual: float | None,
+    where: str,
+    aggregate: bool = False,
+    actual_unit: float = 0.0,
+    scale: float = 1.0,
+) -> None:
     if v is None or actual is None:
         return
     a = actual * scale
@@ -100,7 +115,7 @@ def _seed_numbers(m, r: CheckResult) -> None:
         if p is None:
             continue
         if p.val_loss is not None and c.score.val_loss is not None:
-            _cmp(r, p.val_loss, c.score.val_loss, c.where, actual_unit=10.0 ** -c.score.digits)
+            _cmp(r, p.val_loss, c.score.val_loss, c.where, actual_unit=10.0**-c.score.digits)
         _cmp(r, p.total_bytes, s.total_bytes, s.at("total_bytes"))
         _cmp(r, p.steps, s.steps, s.at("steps"))
         if s.train_time_ms is not None:
@@ -120,8 +135,11 @@ def _loss(claim, m, r: CheckResult) -> None:
     if agrees(v.value, mean, aggregate=True, actual_unit=1e-4):
         r.add(PASS, f"{v.key} {v.value} = the claimed runs' val_loss {mean:.8f} ({where})")
     elif agrees(v.value, bpbs, aggregate=True, actual_unit=1e-4):
-        r.add(WARN, f"{v.key} is {v.value}: the claimed runs' val_bpb ({bpbs:.8f}), not their val_loss "
-                    f"({mean:.8f}; {where})")
+        r.add(
+            WARN,
+            f"{v.key} is {v.value}: the claimed runs' val_bpb ({bpbs:.8f}), not their val_loss "
+            f"({mean:.8f}; {where})",
+        )
     else:
         r.add(WARN, f"{v.key} is {v.value} but the claimed runs' val_loss is {mean:.8f} ({where})")
 
@@ -133,11 +151,17 @@ def _stds(claim, m, r: CheckResult) -> None:
             continue
         sample, pop = statistics.stdev(vals), statistics.pstdev(vals)
         if agrees(v.value, sample, True, 1e-6) or agrees(v.value, pop, True, 1e-6):
-            r.add(PASS, f"{v.key} {v.value} = std of {len(vals)} claimed runs (sample {sample:.6f}, "
-                        f"population {pop:.6f})")
+            r.add(
+                PASS,
+                f"{v.key} {v.value} = std of {len(vals)} claimed runs (sample {sample:.6f}, "
+                f"population {pop:.6f})",
+            )
         else:
-            r.add(WARN, f"{v.key} is {v.value} but the {len(vals)} claimed runs give sample std {sample:.6f} "
-                        f"(population {pop:.6f})")
+            r.add(
+                WARN,
+                f"{v.key} is {v.value} but the {len(vals)} claimed runs give sample std {sample:.6f} "
+                f"(population {pop:.6f})",
+            )
 
 
 def _total(s: RunSummary) -> int | None:
@@ -159,15 +183,24 @@ def _bytes_total(claim, m, r: CheckResult) -> None:
     if v.value == mx:
         r.add(PASS, f"{v.key} {v.value} = the largest logged total ({top.at('total_bytes')})")
     elif abs(v.value - mean) <= 1.0:
-        r.add(PASS, f"{v.key} {v.value} = the mean of {len(totals)} logged totals ({mean:.1f}); the largest is "
-                    f"{mx} ({top.at('total_bytes')})")
+        r.add(
+            PASS,
+            f"{v.key} {v.value} = the mean of {len(totals)} logged totals ({mean:.1f}); the largest is "
+            f"{mx} ({top.at('total_bytes')})",
+        )
     elif any(v.value == t for _, t in totals):
         s = next(s for s, t in totals if t == v.value)
-        r.add(WARN, f"{v.key} {v.value} is {s.at('total_bytes')}'s total, not the largest {mx} "
-                    f"({top.at('total_bytes')})")
+        r.add(
+            WARN,
+            f"{v.key} {v.value} is {s.at('total_bytes')}'s total, not the largest {mx} "
+            f"({top.at('total_bytes')})",
+        )
     else:
-        r.add(WARN, f"{v.key} is {v.value} but the claimed runs' logs give "
-                    + ", ".join(f"{t} ({s.at('total_bytes')})" for s, t in totals[:5]))
+        r.add(
+            WARN,
+            f"{v.key} is {v.value} but the claimed runs' logs give "
+            + ", ".join(f"{t} ({s.at('total_bytes')})" for s, t in totals[:5]),
+        )
 
 
 def _bytes_code(ctx: Context, claim, r: CheckResult) -> None:
@@ -185,5 +218,6 @@ def _bytes_code(ctx: Context, claim, r: CheckResult) -> None:
         r.add(PASS, f"{v.key} {v.value} = {s.at('code_bytes')}")
     else:
         parts = ([f"{tr.rel} is {size} bytes"] if size is not None else []) + [
-            f"{s.at('code_bytes')} says {c}" for c, s in list(logged.items())[:3]]
+            f"{s.at('code_bytes')} says {c}" for c, s in list(logged.items())[:3]
+        ]
         r.add(WARN, f"{v.key} is {v.value} but " + ("; ".join(parts) or "nothing confirms it"))

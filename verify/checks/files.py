@@ -9,7 +9,7 @@ from verify.pr import record_folder
 from verify.result import FAIL, PASS, WARN, CheckResult
 
 ID, NUMBER = "files", 1
-RULE = "code, a train log and README.md/submission.json present and not empty; the PR adds one folder under records/"
+RULE = "code, a train log, README.md and submission.json present, none empty; a PR adds one records/ folder"
 
 
 def run(ctx: Context) -> CheckResult:
@@ -40,8 +40,11 @@ def _folder(ctx: Context, r: CheckResult) -> None:
     trainer = ctx.code.trainer
     if trainer is None:
         others = [f.rel for f in ctx.code.files]
-        r.add(FAIL, "no code: no train_gpt.py and no *.py that trains and reports val_bpb"
-                    + (f" (other .py files: {', '.join(others[:5])})" if others else ""))
+        r.add(
+            FAIL,
+            "no code: no train_gpt.py and no *.py that trains and reports val_bpb"
+            + (f" (other .py files: {', '.join(others[:5])})" if others else ""),
+        )
     else:
         if trainer.rel == "train_gpt.py":
             r.add(PASS, f"code: train_gpt.py, {trainer.size} bytes")
@@ -51,8 +54,11 @@ def _folder(ctx: Context, r: CheckResult) -> None:
     # logs
     if not ctx.logs:
         named = [f for f in ctx.files if f.endswith((".log", ".txt", ".tsv", ".csv", ".out"))]
-        r.add(FAIL, "no train log: no *.log/*.txt file shows a run (training steps or a final score)"
-                    + (f"; files looked at: {', '.join(named[:6])}" if named else ""))
+        r.add(
+            FAIL,
+            "no train log: no *.log/*.txt file shows a run (training steps or a final score)"
+            + (f"; files looked at: {', '.join(named[:6])}" if named else ""),
+        )
     else:
         logs = [s.path for s in ctx.logs]
         r.add(PASS, f"{len(logs)} run log(s): {', '.join(logs[:6])}" + (" ..." if len(logs) > 6 else ""))

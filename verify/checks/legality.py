@@ -21,7 +21,9 @@ RULE = "C1 causal, C2 normalised, C3 score before update, C4 single pass (code: 
 MAX_PER_KIND = 3
 
 
-def code_hits(text: str, flags: Flags | None = None, parsed=None) -> tuple[list[Hit], list[tuple[Hit, str]], str]:
+def code_hits(
+    text: str, flags: Flags | None = None, parsed=None
+) -> tuple[list[Hit], list[tuple[Hit, str]], str]:
     """(findings, findings on paths the claimed runs switch off with the reason, how the source was read)."""
     from verify.pysource import parse_source
 
@@ -30,8 +32,12 @@ def code_hits(text: str, flags: Flags | None = None, parsed=None) -> tuple[list[
         return text_scan.scan(text), [], parsed.note
     try:
         facts = collect(parsed.tree)
-        hits = (causality.detect(facts) + distribution.detect(facts) + score_first.detect(facts)
-                + single_pass.detect(facts))
+        hits = (
+            causality.detect(facts)
+            + distribution.detect(facts)
+            + score_first.detect(facts)
+            + single_pass.detect(facts)
+        )
         gates = Gates(facts, flags or Flags(text, [], "")) if hits else None
         on, off = [], []
         for h in hits:

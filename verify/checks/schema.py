@@ -1,4 +1,4 @@
-"""Check 2: the submission JSON is readable, and how far it is from the schema (verify/submission.schema.json).
+"""Check 2: the submission JSON is readable; how far it is from the schema (verify/submission.schema.json).
 
 Unreadable JSON (not UTF-8, a syntax error, an empty file, a top level that is not an object) is a FAIL:
 the claim cannot be read. Everything the schema would reject beyond that (missing author/github_id/
@@ -38,5 +38,9 @@ def run(ctx: Context) -> CheckResult:
     if not errors:
         sub = ctx.submission or {}
         absent = [k for k in USUAL if k not in sub]
-        r.add(PASS, f"{name} validates (Draft 2020-12)" + (f"; usual fields absent: {', '.join(absent)}" if absent else ""))
+        r.add(
+            PASS,
+            f"{name} validates (Draft 2020-12)"
+            + (f"; usual fields absent: {', '.join(absent)}" if absent else ""),
+        )
     return r

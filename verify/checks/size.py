@@ -53,8 +53,12 @@ def run(ctx: Context) -> CheckResult:
         any_total = True
         total, where = got
         r.add(PASS if total <= LIMIT else FAIL, f"{where} total {total} {_cmp(total)}")
-        if s.code_bytes is not None and s.model_bytes is not None and s.total_bytes is not None \
-                and s.code_bytes + s.model_bytes != s.total_bytes:
+        if (
+            s.code_bytes is not None
+            and s.model_bytes is not None
+            and s.total_bytes is not None
+            and s.code_bytes + s.model_bytes != s.total_bytes
+        ):
             r.add(WARN, f"{s.path}: total {s.total_bytes} != code {s.code_bytes} + model {s.model_bytes}")
         _code_note(ctx, s, code_file, r)
     for s in ctx.logs:
@@ -69,10 +73,15 @@ def run(ctx: Context) -> CheckResult:
     v = ctx.claim.total_bytes if ctx.claim else None
     if v is not None and v.value > LIMIT:
         if not any_total:
-            r.add(FAIL, f"{ctx.submission_name} {v.key} {v.value} {_cmp(int(v.value))} (no log gives a total)")
+            r.add(
+                FAIL, f"{ctx.submission_name} {v.key} {v.value} {_cmp(int(v.value))} (no log gives a total)"
+            )
         elif r.status != FAIL:
-            r.add(WARN, f"{ctx.submission_name} {v.key} {v.value} {_cmp(int(v.value))}, but the claimed runs' "
-                        "logs count less (they decide)")
+            r.add(
+                WARN,
+                f"{ctx.submission_name} {v.key} {v.value} {_cmp(int(v.value))}, but the claimed runs' "
+                "logs count less (they decide)",
+            )
     if r.status == SKIP:
         r.add(SKIP, "no sizes in the logs, no artifact files and no total in the submission JSON")
     return r
@@ -85,15 +94,24 @@ def _code_note(ctx: Context, s: RunSummary, code_file: int | None, r: CheckResul
     if s.code_compressed:
         raw = s.code_bytes_uncompressed
         if raw is None or abs(raw - code_file) <= 16:
-            r.add(PASS, f"{s.at('code_bytes')} counts the compressed code ({s.code_bytes} bytes); {tr} ships "
-                        f"the readable source ({code_file} bytes)")
+            r.add(
+                PASS,
+                f"{s.at('code_bytes')} counts the compressed code ({s.code_bytes} bytes); {tr} ships "
+                f"the readable source ({code_file} bytes)",
+            )
         else:
-            r.add(WARN, f"{s.at('code_bytes')} counts compressed code {s.code_bytes} bytes of a {raw}-byte source, "
-                        f"but {tr} is {code_file} bytes: the folder's code is not the code that ran")
+            r.add(
+                WARN,
+                f"{s.at('code_bytes')} counts compressed code {s.code_bytes} bytes of a {raw}-byte source, "
+                f"but {tr} is {code_file} bytes: the folder's code is not the code that ran",
+            )
         return
     with_file = f" (with it the total would be {s.model_bytes + code_file})" if s.model_bytes else ""
-    r.add(WARN, f"{s.at('code_bytes')} logged code {s.code_bytes} bytes but {tr} is {code_file} bytes: the "
-                f"folder's code is not the code that ran{with_file}")
+    r.add(
+        WARN,
+        f"{s.at('code_bytes')} logged code {s.code_bytes} bytes but {tr} is {code_file} bytes: the "
+        f"folder's code is not the code that ran{with_file}",
+    )
 
 
 def _by_files(ctx: Context, code_file: int | None, r: CheckResult) -> None:
@@ -102,8 +120,10 @@ def _by_files(ctx: Context, code_file: int | None, r: CheckResult) -> None:
         for art in arts:
             size = (ctx.folder / art).stat().st_size
             t = code_file + size
-            r.add(PASS if t <= LIMIT else FAIL,
-                  f"no log gives a total: {ctx.code.trainer.rel} {code_file} + {art} {size} = {t} {_cmp(t)}")
+            r.add(
+                PASS if t <= LIMIT else FAIL,
+                f"no log gives a total: {ctx.code.trainer.rel} {code_file} + {art} {size} = {t} {_cmp(t)}",
+            )
     elif ctx.logs:
         r.add(WARN, f"no log gives code/model/total sizes ({', '.join(s.path for s in ctx.logs[:4])})")
 
@@ -116,11 +136,18 @@ def _artifacts(ctx: Context, code_file: int | None, r: CheckResult) -> None:
         if s is None:
             continue
         if s.model_bytes is not None and s.model_bytes != size:
-            r.add(WARN, f"{art} is {size} bytes but {s.at('model_bytes')} logged model {s.model_bytes} bytes: "
-                        "not the artifact that run wrote")
+            r.add(
+                WARN,
+                f"{art} is {size} bytes but {s.at('model_bytes')} logged model {s.model_bytes} bytes: "
+                "not the artifact that run wrote",
+            )
         elif code_file is not None and s.total_bytes is not None and code_file + size > LIMIT:
-            r.add(WARN, f"{ctx.code.trainer.rel} {code_file} + {art} {size} = {code_file + size} {_cmp(code_file + size)}"
-                        f" by the files, while {s.at('total_bytes')} logged {s.total_bytes}")
+            r.add(
+                WARN,
+                f"{ctx.code.trainer.rel} {code_file} + {art} {size} = {code_file + size} "
+                f"{_cmp(code_file + size)}"
+                f" by the files, while {s.at('total_bytes')} logged {s.total_bytes}",
+            )
 
 
 def _artifact_files(ctx: Context) -> list[str]:

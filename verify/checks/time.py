@@ -25,12 +25,13 @@ from verify.logparse import RunSummary, Score
 from verify.result import FAIL, PASS, SKIP, WARN, CheckResult
 
 ID, NUMBER = "time", 5
-RULE = (f"training <= {TRAIN_LIMIT_S:.0f} s (no training data after it) and evaluation <= {EVAL_LIMIT_S:.0f} s "
-        "per claimed run, on 8xH100")
+RULE = (
+    f"training <= {TRAIN_LIMIT_S:.0f} s (no training data after it) and evaluation <= {EVAL_LIMIT_S:.0f} s "
+    "per claimed run, on 8xH100"
+)
 _TRAIN_DATA = re.compile(r"(?i)train(?:ing)?[ _](?:data|batch|shard|set|tokens|loader)|from train|\(train")
 _SELF_GEN = re.compile(r"(?i)autoregressive|self[-_ ]?gen|generat|synthetic|random tokens")
-_CODE_CALIB_TRAIN = re.compile(
-    r"(?m)^\s*def\s+\w*(?:hessian|calib)\w*\s*\([^)]*\btrain\w*", re.I)
+_CODE_CALIB_TRAIN = re.compile(r"(?m)^\s*def\s+\w*(?:hessian|calib)\w*\s*\([^)]*\btrain\w*", re.I)
 
 
 def _other_hardware(s: RunSummary) -> str | None:
@@ -55,10 +56,21 @@ def run(ctx: Context) -> CheckResult:
         score = claimed.get(id(s))
         other = _other_hardware(s)
         hard = is_claimed and not relaxed and other is None
-        why = "" if hard else (" (non-record track)" if relaxed else f" (on {other})" if other
-                               else " (a run the submission does not claim)")
+        why = (
+            ""
+            if hard
+            else (
+                " (non-record track)"
+                if relaxed
+                else f" (on {other})"
+                if other
+                else " (a run the submission does not claim)"
+            )
+        )
         if s.train_time_ms is not None:
-            _limit(r, "training", s.train_time_ms, TRAIN_LIMIT_S, s.at("train_time_ms"), hard, TIME_GRACE_MS, why)
+            _limit(
+                r, "training", s.train_time_ms, TRAIN_LIMIT_S, s.at("train_time_ms"), hard, TIME_GRACE_MS, why
+            )
         elif is_claimed and not s.eval_only:
             r.add(WARN, f"{s.path}: no training time in the log")
         if is_claimed:
@@ -72,14 +84,18 @@ def run(ctx: Context) -> CheckResult:
     return r
 
 
-def _limit(r: CheckResult, what: str, ms: float, limit_s: float, where: str, hard: bool, grace_ms: float,
-           why: str) -> None:
+def _limit(
+    r: CheckResult, what: str, ms: float, limit_s: float, where: str, hard: bool, grace_ms: float, why: str
+) -> None:
     lim = limit_s * 1000.0
     if ms <= lim:
         r.add(PASS, f"{where} {what} {ms / 1000:.3f} s <= {limit_s:.0f} s")
     elif ms <= lim + grace_ms:
-        r.add(PASS, f"{where} {what} {ms / 1000:.3f} s: {ms - lim:.0f} ms past {limit_s:.0f} s, within the "
-                    f"{grace_ms / 1000:.0f} s grace (the cap is tested between steps)")
+        r.add(
+            PASS,
+            f"{where} {what} {ms / 1000:.3f} s: {ms - lim:.0f} ms past {limit_s:.0f} s, within the "
+            f"{grace_ms / 1000:.0f} s grace (the cap is tested between steps)",
+        )
     else:
         r.add(FAIL if hard else WARN, f"{where} {what} {ms / 1000:.3f} s > {limit_s:.0f} s{why}")
 
@@ -100,8 +116,11 @@ def _eval(r: CheckResult, s: RunSummary, score: Score | None, hard: bool, why: s
     lim = EVAL_LIMIT_S * 1000.0
     own = score.eval_time_ms
     if total > lim and own is not None and own <= lim and hard:
-        r.add(WARN, f"{where} evaluation passes up to the claimed one sum to {total / 1000:.3f} s > "
-                    f"{EVAL_LIMIT_S:.0f} s; the claimed pass alone ({score.label}) takes {own / 1000:.3f} s")
+        r.add(
+            WARN,
+            f"{where} evaluation passes up to the claimed one sum to {total / 1000:.3f} s > "
+            f"{EVAL_LIMIT_S:.0f} s; the claimed pass alone ({score.label}) takes {own / 1000:.3f} s",
+        )
         return
     what = "evaluation" if len(timed) == 1 else f"evaluation ({len(timed)} timed passes)"
     _limit(r, what, total, EVAL_LIMIT_S, where, hard, 0.0, why)
@@ -116,8 +135,9 @@ def _outside(r: CheckResult, s: RunSummary) -> None:
     tail = ""
     if timed is not None:
         tot = timed + extra
-        tail = f"; with the timed {timed:.1f} s that is {tot:.1f} s" + (f" > {EVAL_LIMIT_S:.0f} s" if tot > EVAL_LIMIT_S
-                                                                        else "")
+        tail = f"; with the timed {timed:.1f} s that is {tot:.1f} s" + (
+            f" > {EVAL_LIMIT_S:.0f} s" if tot > EVAL_LIMIT_S else ""
+        )
     r.add(WARN, f"{s.path}: the log shows {extra:.1f} s outside its evaluation timer: {parts}{tail}")
 
 
@@ -134,17 +154,25 @@ def _calibration(ctx: Context, r: CheckResult, s: RunSummary, hard: bool, relaxe
     if _TRAIN_DATA.search(text):
         source, proven = "training data (the log says so)", True
     elif _SELF_GEN.search(text):
-        r.add(PASS, f"{lines} quantisation calibration on self-generated tokens ({secs:.1f} s), no training data")
+        r.add(
+            PASS,
+            f"{lines} quantisation calibration on self-generated tokens ({secs:.1f} s), no training data",
+        )
         return
     elif any(_CODE_CALIB_TRAIN.search(f.text) for f in ctx.code.scan):
         source, proven = "training batches (the calibration function takes a training loader)", False
     else:
         return
-    head = (f"[R-data] {lines} calibration on {source} takes {secs:.1f} s after training stopped at "
-            f"{s.train_time_ms / 1000:.3f} s")
+    head = (
+        f"[R-data] {lines} calibration on {source} takes {secs:.1f} s after training stopped at "
+        f"{s.train_time_ms / 1000:.3f} s"
+    )
     if end_s <= TRAIN_LIMIT_S + TIME_GRACE_MS / 1000.0:
-        r.add(PASS, f"{head}: ends at {end_s:.1f} s, within {TRAIN_LIMIT_S:.0f} s (+{TIME_GRACE_MS / 1000:.0f} s "
-                    "grace; time reserved for it)")
+        r.add(
+            PASS,
+            f"{head}: ends at {end_s:.1f} s, within {TRAIN_LIMIT_S:.0f} s (+{TIME_GRACE_MS / 1000:.0f} s "
+            "grace; time reserved for it)",
+        )
     elif proven and hard and not relaxed:
         r.add(FAIL, f"{head}: training data read until {end_s:.1f} s > {TRAIN_LIMIT_S:.0f} s")
     else:
@@ -161,19 +189,31 @@ def _hardware(ctx: Context, r: CheckResult) -> None:
             if name is None:
                 hw = (ctx.submission or {}).get("hardware")
                 ok = n == 8 and isinstance(hw, str) and "H100" in hw.upper()
-                r.add(PASS if ok else WARN, f"{s.at('world_size')} world_size {n}"
-                      + (f"; {ctx.submission_name} hardware {hw!r}" if isinstance(hw, str) else
-                         "; the GPU model is named neither in the logs nor in the submission"))
+                r.add(
+                    PASS if ok else WARN,
+                    f"{s.at('world_size')} world_size {n}"
+                    + (
+                        f"; {ctx.submission_name} hardware {hw!r}"
+                        if isinstance(hw, str)
+                        else "; the GPU model is named neither in the logs nor in the submission"
+                    ),
+                )
                 continue
             ok = n == 8 and "H100" in name.upper()
-            r.add(PASS if ok else WARN, f"{s.at('device_name')} hardware {n or '?'}x {name}"
-                  + ("" if ok else ": not the 8xH100 of the rules"))
+            r.add(
+                PASS if ok else WARN,
+                f"{s.at('device_name')} hardware {n or '?'}x {name}"
+                + ("" if ok else ": not the 8xH100 of the rules"),
+            )
         return
     hw = (ctx.submission or {}).get("hardware") or (ctx.submission or {}).get("gpu")
     if isinstance(hw, str) and hw:
         mm = re.search(r"(\d+)\s*[x×]\s*(?:NVIDIA\s+)?H100", hw, re.I)
         ok = bool(mm and mm.group(1) == "8")
-        r.add(PASS if ok else WARN, f"{ctx.submission_name} hardware {hw!r} (the logs do not name the GPUs)"
-              + ("" if ok else ": not the 8xH100 of the rules"))
+        r.add(
+            PASS if ok else WARN,
+            f"{ctx.submission_name} hardware {hw!r} (the logs do not name the GPUs)"
+            + ("" if ok else ": not the 8xH100 of the rules"),
+        )
     else:
         r.add(WARN, "the hardware is named neither in the logs nor in the submission JSON")

@@ -21,7 +21,7 @@ import re
 
 from verify.legal import Hit
 from verify.legal.causality import NOT_TABLE, TABLE
-from verify.legal.facts import TARGET_NAME, Facts, Func, name_of, names_in, own_nodes
+from verify.legal.facts import TARGET_NAME, Facts, Func, name_of, names_in
 
 LOSSY = re.compile(r"(?i)nll|loss|(?:^|_)ce(?:_|$)|bits|logp|log_prob|logprob|neglog|surprisal")
 NOT_LOSSY = re.compile(r"(?i)cap|clip|max|min|limit|thresh|floor|ceil|eps|scale|lr|grad|prev|best_|old")
@@ -49,19 +49,36 @@ def _oracle(f: Func) -> list[Hit]:
         pair = None
         if name in ("minimum", "fmin") and len(args) == 2:
             pair = args
-        elif name in ("min", "amin") and len(args) >= 1 and isinstance(args[0], ast.Call) \
-                and name_of(args[0].func) in ("stack", "cat") and args[0].args \
-                and isinstance(args[0].args[0], ast.List | ast.Tuple) and len(args[0].args[0].elts) >= 2:
+        elif (
+            name in ("min", "amin")
+            and len(args) >= 1
+            and isinstance(args[0], ast.Call)
+            and name_of(args[0].func) in ("stack", "cat")
+            and args[0].args
+            and isinstance(args[0].args[0], ast.List | ast.Tuple)
+            and len(args[0].args[0].elts) >= 2
+        ):
             pair = args[0].args[0].elts
-        elif name == "where" and len(args) == 3 and isinstance(args[0], ast.Compare) \
-                and len(args[0].comparators) == 1 and isinstance(args[0].ops[0], ast.Lt | ast.LtE | ast.Gt | ast.GtE):
+        elif (
+            name == "where"
+            and len(args) == 3
+            and isinstance(args[0], ast.Compare)
+            and len(args[0].comparators) == 1
+            and isinstance(args[0].ops[0], ast.Lt | ast.LtE | ast.Gt | ast.GtE)
+        ):
             a, b = args[0].left, args[0].comparators[0]
             if {ast.unparse(a), ast.unparse(b)} == {ast.unparse(args[1]), ast.unparse(args[2])}:
                 pair = [a, b]
         if pair and all(_lossy(p) for p in pair) and len({ast.unparse(p) for p in pair}) >= 2:
-            hits.append(Hit("C2", "oracle-gate", n.lineno,
-                            f"{f.name}(): the per-token minimum of {', '.join(ast.unparse(p)[:40] for p in pair)}: "
-                            "an oracle picks the better predictor with the answer in hand"))
+            hits.append(
+                Hit(
+                    "C2",
+                    "oracle-gate",
+                    n.lineno,
+                    f"{f.name}(): the per-token minimum of {', '.join(ast.unparse(p)[:40] for p in pair)}: "
+                    "an oracle picks the better predictor with the answer in hand",
+                )
+            )
     return hits
 
 
@@ -69,25 +86,56 @@ def _gold_bias(f: Func) -> list[Hit]:
     hits = []
     for n in f.nodes:
         line = getattr(n, "lineno", 0)
-        if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Subscript) \
-                and LOGITS.search(name_of(n.target.value) or "") and _targety(n.target.slice):
-            hits.append(Hit("C2", "gold-logit-bias", line, f"{f.name}(): {ast.unparse(n)[:80]}: the logits are "
-                                                            "changed at the gold token"))
-        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
-                and name_of(n.func) in ("scatter_add_", "scatter_add", "scatter_", "index_add_", "index_put_",
-                                        "index_fill_") \
-                and LOGITS.search(name_of(n.func.value) or "") and any(_targety(a) for a in n.args):
-            hits.append(Hit("C2", "gold-logit-bias", line, f"{f.name}(): {ast.unparse(n)[:80]}: the logits are "
-                                                            "changed at the gold token"))
+        if (
+            isinstance(n, ast.AugAssign)
+            and isinstance(n.target, ast.Subscript)
+            and LOGITS.search(name_of(n.target.value) or "")
+            and _targety(n.target.slice)
+        ):
+            hits.append(
+                Hit(
+                    "C2",
+                    "gold-logit-bias",
+                    line,
+                    f"{f.name}(): {ast.unparse(n)[:80]}: the logits are changed at the gold token",
+                )
+            )
+        elif (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and name_of(n.func)
+            in ("scatter_add_", "scatter_add", "scatter_", "index_add_", "index_put_", "index_fill_")
+            and LOGITS.search(name_of(n.func.value) or "")
+            and any(_targety(a) for a in n.args)
+        ):
+            hits.append(
+                Hit(
+                    "C2",
+                    "gold-logit-bias",
+                    line,
+                    f"{f.name}(): {ast.unparse(n)[:80]}: the logits are changed at the gold token",
+                )
+            )
         elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add | ast.Sub):
             sides = (n.left, n.right)
             if any(LOGITS.search(name_of(s) or "") for s in sides):
                 for s in sides:
                     for c in ast.walk(s):
-                        if isinstance(c, ast.Call) and name_of(c.func) == "one_hot" and c.args and _targety(c.args[0]):
-                            hits.append(Hit("C2", "gold-logit-bias", line,
-                                            f"{f.name}(): {ast.unparse(n)[:80]}: the logits are shifted by a "
-                                            "one-hot of the gold token"))
+                        if (
+                            isinstance(c, ast.Call)
+                            and name_of(c.func) == "one_hot"
+                            and c.args
+                            and _targety(c.args[0])
+                        ):
+                            hits.append(
+                                Hit(
+                                    "C2",
+                                    "gold-logit-bias",
+                                    line,
+                                    f"{f.name}(): {ast.unparse(n)[:80]}: the logits are shifted by a "
+                                    "one-hot of the gold token",
+                                )
+                            )
     return hits
 
 
@@ -106,9 +154,15 @@ def _gold_blend(f: Func) -> list[Hit]:
                 if tname and TABLE.search(tname) and not NOT_TABLE.search(tname) and _targety(sub.slice):
                     tgt = name_of(n.targets[0])
                     if tgt in score_deps:
-                        hits.append(Hit("C2", "gold-only-blend", n.lineno,
-                                        f"{f.name}(): {tgt} = ...{ast.unparse(sub)[:60]}... reads the table only "
-                                        "at the gold token and feeds the score: no distribution over the vocabulary"))
+                        hits.append(
+                            Hit(
+                                "C2",
+                                "gold-only-blend",
+                                n.lineno,
+                                f"{f.name}(): {tgt} = ...{ast.unparse(sub)[:60]}... reads the table only "
+                                "at the gold token and feeds the score: no distribution over the vocabulary",
+                            )
+                        )
                     break
     return hits
 

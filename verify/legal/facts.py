@@ -59,7 +59,20 @@ def names_in(node: ast.AST) -> set[str]:
     return out
 
 
-_INDEX_FUNCS = {"range", "len", "numel", "size", "min", "max", "int", "float", "round", "abs", "isinstance", "getattr"}
+_INDEX_FUNCS = {
+    "range",
+    "len",
+    "numel",
+    "size",
+    "min",
+    "max",
+    "int",
+    "float",
+    "round",
+    "abs",
+    "isinstance",
+    "getattr",
+}
 TOKEN_OPS = re.compile(
     r"^(?:cat|concat|concatenate|stack|hstack|vstack|clone|to|cpu|cuda|numpy|tolist|contiguous|view|reshape|int|long|"
     r"tensor|as_tensor|from_numpy|array|asarray|flatten|copy|deepcopy|detach|type|split|chunk|narrow|index_select|"
@@ -127,8 +140,10 @@ def token_names(node: ast.AST) -> set[str] | None:
 
 
 def has_val_literal(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and "fineweb_val" in n.value
-               for n in ast.walk(node))
+    return any(
+        isinstance(n, ast.Constant) and isinstance(n.value, str) and "fineweb_val" in n.value
+        for n in ast.walk(node)
+    )
 
 
 def own_nodes(fn: ast.AST):
@@ -177,7 +192,9 @@ class Func:
     line: int
     end: int
     params: list[str]
-    assigns: dict[str, list[tuple[tuple[int, int], ast.AST]]] = field(default_factory=dict)  # name -> ((line, col), RHS)
+    assigns: dict[str, list[tuple[tuple[int, int], ast.AST]]] = field(
+        default_factory=dict
+    )  # name -> ((line, col), RHS)
     val: set[str] = field(default_factory=set)
     backward: list[Stmt] = field(default_factory=list)
     scores: list[Stmt] = field(default_factory=list)
@@ -191,8 +208,9 @@ class Func:
     def is_scorer(self) -> bool:
         return bool(self.scores)
 
-    def deps_at(self, names: set[str], at: int | tuple[int, int], limit: int = 600,
-                tokens_only: bool = False) -> set[str]:
+    def deps_at(
+        self, names: set[str], at: int | tuple[int, int], limit: int = 600, tokens_only: bool = False
+    ) -> set[str]:
         """``names`` and every name their values at ``at`` (a line, or (line, col)) are computed from inside
         this function: the latest assignment before ``at``, or all of them when none precedes it (as in a
         loop). With ``tokens_only``, only through copies/slices/concatenations."""
@@ -322,8 +340,12 @@ def _func_facts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
     for n, st in pairs:
         if isinstance(n, ast.Call):
             f.calls.append((n.lineno, name_of(n.func), list(n.args) + [k.value for k in n.keywords], n))
-            if st is not None and id(st) not in seen_back and _is_backward(n) and not isinstance(
-                    st, ast.For | ast.While | ast.If | ast.With | ast.Try):
+            if (
+                st is not None
+                and id(st) not in seen_back
+                and _is_backward(n)
+                and not isinstance(st, ast.For | ast.While | ast.If | ast.With | ast.Try)
+            ):
                 seen_back.add(id(st))
                 f.backward.append(Stmt(st.lineno, st, f.closure(data_names(n), _pos(st))))
     f.backward.sort(key=lambda b: b.line)
@@ -332,7 +354,9 @@ def _func_facts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
             continue
         if isinstance(st, ast.AugAssign) and isinstance(st.op, ast.Add):
             tgt = name_of(st.target)
-            if SCORE_ACC.search(tgt) or (f.in_no_grad(st.lineno) and re.search(r"(?i)loss|nll|bits|byte|tok", tgt)):
+            if SCORE_ACC.search(tgt) or (
+                f.in_no_grad(st.lineno) and re.search(r"(?i)loss|nll|bits|byte|tok", tgt)
+            ):
                 f.scores.append(Stmt(st.lineno, st, f.closure(data_names(st.value), _pos(st))))
         elif isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
             c = st.value
@@ -356,19 +380,23 @@ def collect(tree: ast.Module) -> Facts:
     for _ in range(3):
         changed = False
         for f in funcs:
-            for _line, name, args, call in f.calls:
+            for _line, name, _args, call in f.calls:
                 for g in facts.callee(name):
                     if g is f or not g.grad_params:
                         continue
                     for i, a in enumerate(call.args):
                         if i < len(g.params) and g.params[i] in g.grad_params:
-                            new = {p for p in f.params if p in f.closure(data_names(a), _line)} - f.grad_params
+                            new = {
+                                p for p in f.params if p in f.closure(data_names(a), _line)
+                            } - f.grad_params
                             if new:
                                 f.grad_params |= new
                                 changed = True
                     for k in call.keywords:
                         if k.arg in g.grad_params:
-                            new = {p for p in f.params if p in f.closure(data_names(k.value), _line)} - f.grad_params
+                            new = {
+                                p for p in f.params if p in f.closure(data_names(k.value), _line)
+                            } - f.grad_params
                             if new:
                                 f.grad_params |= new
                                 changed = True

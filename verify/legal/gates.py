@@ -66,21 +66,30 @@ class Flags:
             if m:
                 self.evidence[key] = f"{name}={m.group(1)} in the README/run scripts"
                 return _literal(m.group(1))
-        m = re.search(rf"(?<![\w.]){re.escape(key)}\s*(?::\s*[\w\[\]|. ]+)?=\s*[^\n;]*?(?:environ\.get|getenv)\(\s*"
-                      rf"['\"](\w+)['\"]\s*,\s*['\"]?([\w.\-]*)['\"]?\s*\)", self.source)
+        m = re.search(
+            rf"(?<![\w.]){re.escape(key)}\s*(?::\s*[\w\[\]|. ]+)?=\s*[^\n;]*?(?:environ\.get|getenv)\(\s*"
+            rf"['\"](\w+)['\"]\s*,\s*['\"]?([\w.\-]*)['\"]?\s*\)",
+            self.source,
+        )
         if m:
             self.evidence[key] = f"{key} defaults to {m.group(2)!r} (env {m.group(1)}, not set in the logs)"
             return _literal(m.group(2))
-        m = re.search(rf"(?m)(?:^|[;\s(,])(?:self\.)?{re.escape(key)}\s*(?::\s*[\w\[\]|. ]+)?=\s*(True|False|-?\d+(?:\.\d+)?)\b",
-                      self.source)
+        m = re.search(
+            rf"(?m)(?:^|[;\s(,])(?:self\.)?{re.escape(key)}\s*(?::\s*[\w\[\]|. ]+)?=\s*"
+            r"(True|False|-?\d+(?:\.\d+)?)\b",
+            self.source,
+        )
         if m:
             self.evidence[key] = f"{key} defaults to {m.group(1)} in the code (not set in the logs)"
             return _literal(m.group(1))
         return None
 
     def _env_name(self, key: str) -> str | None:
-        m = re.search(rf"(?<![\w.]){re.escape(key)}\s*(?::\s*[\w\[\]|. ]+)?=\s*[^\n;]*?(?:environ\.get|getenv)\(\s*"
-                      rf"['\"](\w+)['\"]", self.source)
+        m = re.search(
+            rf"(?<![\w.]){re.escape(key)}\s*(?::\s*[\w\[\]|. ]+)?=\s*[^\n;]*?(?:environ\.get|getenv)\(\s*"
+            rf"['\"](\w+)['\"]",
+            self.source,
+        )
         return m.group(1) if m else None
 
 
@@ -113,8 +122,14 @@ def _truth(node: ast.AST, flags: Flags, func: Func | None, depth: int = 0):
             return None
         op = node.ops[0]
         try:
-            return {ast.Gt: left > right, ast.GtE: left >= right, ast.Lt: left < right, ast.LtE: left <= right,
-                    ast.Eq: left == right, ast.NotEq: left != right}.get(type(op))
+            return {
+                ast.Gt: left > right,
+                ast.GtE: left >= right,
+                ast.Lt: left < right,
+                ast.LtE: left <= right,
+                ast.Eq: left == right,
+                ast.NotEq: left != right,
+            }.get(type(op))
         except TypeError:
             return None
     if v is None:
@@ -141,7 +156,12 @@ def _value(node: ast.AST, flags: Flags, func: Func | None, depth: int):
                 return _value(node.args[2], flags, func, depth + 1)
             return v
         return None
-    if isinstance(node, ast.Name) and func is not None and node.id in func.assigns and len(func.assigns[node.id]) == 1:
+    if (
+        isinstance(node, ast.Name)
+        and func is not None
+        and node.id in func.assigns
+        and len(func.assigns[node.id]) == 1
+    ):
         return _value(func.assigns[node.id][0][1], flags, func, depth + 1)
     if isinstance(node, ast.Name | ast.Attribute):
         return flags.value(name_of(node))
@@ -187,8 +207,10 @@ class Gates:
                 t = _truth(test, self.flags, func)
                 if t is not None and t != in_body and child is not test:
                     ev = "; ".join(dict.fromkeys(self.flags.evidence.values()))
-                    return f"behind `{ast.unparse(test)[:60]}`, {'false' if in_body else 'true'} in the claimed runs" \
-                           + (f" ({ev})" if ev else "")
+                    return (
+                        f"behind `{ast.unparse(test)[:60]}`, {'false' if in_body else 'true'} in the "
+                        "claimed runs" + (f" ({ev})" if ev else "")
+                    )
             if isinstance(p, ast.FunctionDef | ast.AsyncFunctionDef):
                 break
             child, p = p, self.parents.get(id(p))

@@ -33,21 +33,43 @@ def detect(log: RunSummary, text: str | None, score: Score | None) -> list[Hit]:
         for no in range(log.stop_line + 1, min(log.artifact_line, len(lines) + 1)):
             ln = strip_prefix(lines[no - 1])
             if TTT_PROGRESS.search(ln):
-                hits.append(Hit("C3", "ttt-before-artifact", no,
-                                f"test-time training on validation data logged after training stopped (line "
-                                f"{log.stop_line}) and before the artifact's size (line {log.artifact_line}): "
-                                f"{ln.strip()[:90]!r}"))
+                hits.append(
+                    Hit(
+                        "C3",
+                        "ttt-before-artifact",
+                        no,
+                        f"test-time training on validation data logged after training stopped (line "
+                        f"{log.stop_line}) and before the artifact's size (line {log.artifact_line}): "
+                        f"{ln.strip()[:90]!r}",
+                    )
+                )
                 break
     for key, val in log.hparams.items():
         if PREQUANT_KEY.search(str(key)) and _TRUE.search(str(val).strip()):
-            hits.append(Hit("C3", "prequant-ttt-enabled", log.lines.get("seed", 0) or 1,
-                            f"the logged setting {key} = {val} switches pre-quantization TTT on"))
+            hits.append(
+                Hit(
+                    "C3",
+                    "prequant-ttt-enabled",
+                    log.lines.get("seed", 0) or 1,
+                    f"the logged setting {key} = {val} switches pre-quantization TTT on",
+                )
+            )
     if score is not None and LATER_PASS.search(score.label):
         base = LATER_PASS.sub("", score.label).strip("_:- ").lower()
-        first = [s for s in log.scores if s.line < score.line and (
-            FIRST_PASS.search(s.label) or LATER_PASS.sub("", s.label).strip("_:- ").lower() == base)]
+        first = [
+            s
+            for s in log.scores
+            if s.line < score.line
+            and (FIRST_PASS.search(s.label) or LATER_PASS.sub("", s.label).strip("_:- ").lower() == base)
+        ]
         if first:
-            hits.append(Hit("C4", "second-pass", score.line,
-                            f"the claimed score {score.label} {score.val_bpb} is a later pass over the tokens "
-                            f"that line {first[0].line} ({first[0].label} {first[0].val_bpb}) already scored"))
+            hits.append(
+                Hit(
+                    "C4",
+                    "second-pass",
+                    score.line,
+                    f"the claimed score {score.label} {score.val_bpb} is a later pass over the tokens "
+                    f"that line {first[0].line} ({first[0].label} {first[0].val_bpb}) already scored",
+                )
+            )
     return hits

@@ -55,7 +55,9 @@ def _update_before_score(f: Func) -> tuple[int, int, int] | None:
             continue
         score_deps = set().union(*(x.deps for x in f.scores if lo <= x.line <= hi))
         shared = {n for n in (b.deps & score_deps) if n in f.val or VAL_NAME.search(n)}
-        shared -= {n for n in shared if VAL_NAME.search(n) and n in f.params}  # the whole split, not one batch
+        shared -= {
+            n for n in shared if VAL_NAME.search(n) and n in f.params
+        }  # the whole split, not one batch
         if shared:
             return lo, b.line, s
     return None
@@ -80,7 +82,11 @@ def _val_args(caller: Func, callee: Func, call) -> list[str]:
     offset = 1 if callee.params[:1] == ["self"] and isinstance(call.func, ast.Attribute) else 0
     for i, a in enumerate(call.args):
         j = i + offset
-        if j < len(callee.params) and callee.params[j] in callee.grad_params and caller.is_val(a, call.lineno):
+        if (
+            j < len(callee.params)
+            and callee.params[j] in callee.grad_params
+            and caller.is_val(a, call.lineno)
+        ):
             out.append(callee.params[j])
     for k in call.keywords:
         if k.arg in callee.grad_params and caller.is_val(k.value, call.lineno):
@@ -96,7 +102,7 @@ def _fn_args(facts: Facts, caller: Func, call) -> list[tuple[Func, bool]]:
         if hasattr(a, "id"):
             for g in facts.callee(a.id):
                 if g.grad_params:
-                    rest = call.args[i + 1:] + [k.value for k in call.keywords]
+                    rest = call.args[i + 1 :] + [k.value for k in call.keywords]
                     out.append((g, any(caller.is_val(x, call.lineno) for x in rest)))
     return out
 
@@ -107,16 +113,28 @@ def detect(facts: Facts) -> list[Hit]:
         ubs = _update_before_score(f)
         if ubs:
             lo, b, s = ubs
-            hits.append(Hit("C3", "update-before-score", b,
-                            f"{f.name}(): the loop at line {lo} takes a gradient step on validation tokens "
-                            f"(line {b}) before scoring the same tokens (line {s})"))
+            hits.append(
+                Hit(
+                    "C3",
+                    "update-before-score",
+                    b,
+                    f"{f.name}(): the loop at line {lo} takes a gradient step on validation tokens "
+                    f"(line {b}) before scoring the same tokens (line {s})",
+                )
+            )
             continue
         tts = _train_then_score(f)
         if tts:
             b, s = tts
-            hits.append(Hit("C3", "train-then-score", b,
-                            f"{f.name}(): trains on validation tokens (line {b}) before its first score "
-                            f"(line {s}), outside the scoring loop"))
+            hits.append(
+                Hit(
+                    "C3",
+                    "train-then-score",
+                    b,
+                    f"{f.name}(): trains on validation tokens (line {b}) before its first score "
+                    f"(line {s}), outside the scoring loop",
+                )
+            )
             continue
         vb = _val_backward(f)
         if vb and not f.scores:
@@ -124,9 +142,15 @@ def detect(facts: Facts) -> list[Hit]:
             own = {n for b in vb for n in b.deps if VAL_NAME.search(n)} - set(f.params)
             own = {n for n in own if not (f.closure({n}) & val_params)}
             if own:
-                hits.append(Hit("C3", "trains-on-val", vb[0].line,
-                                f"{f.name}(): gradient steps on validation data it reads itself "
-                                f"({', '.join(sorted(own)[:3])}) and scores nothing first"))
+                hits.append(
+                    Hit(
+                        "C3",
+                        "trains-on-val",
+                        vb[0].line,
+                        f"{f.name}(): gradient steps on validation data it reads itself "
+                        f"({', '.join(sorted(own)[:3])}) and scores nothing first",
+                    )
+                )
     for caller in facts.funcs:
         first_score = min((s.line for s in caller.scores), default=None)
         for line, name, _args, call in caller.calls:
@@ -139,17 +163,32 @@ def detect(facts: Facts) -> list[Hit]:
                     continue  # trains on tokens this function has already scored (phased TTT)
                 later = [(ln, n) for ln, n, _, _ in caller.calls if ln > line]
                 q = next(((ln, n) for ln, n in later if QUANTISH.search(n)), None)
-                e = next(((ln, n) for ln, n in later if EVALISH.search(n) or any(x.scores for x in facts.callee(n))),
-                         None)
+                e = next(
+                    (
+                        (ln, n)
+                        for ln, n in later
+                        if EVALISH.search(n) or any(x.scores for x in facts.callee(n))
+                    ),
+                    None,
+                )
                 if q and (not e or q[0] <= e[0]):
-                    then = f", before the model is quantised/serialised by {q[1]}() at line {q[0]} (pre-quant TTT)"
+                    then = (
+                        f", before the model is quantised/serialised by {q[1]}() at line {q[0]} "
+                        "(pre-quant TTT)"
+                    )
                 elif e:
                     then = f", then scores them with {e[1]}() at line {e[0]}"
                 else:
                     then = ""
-                hits.append(Hit("C3", "val-training", line,
-                                f"{caller.name}() calls {g.name}(), which takes gradient steps on validation "
-                                f"tokens, with nothing scored first{then}"))
+                hits.append(
+                    Hit(
+                        "C3",
+                        "val-training",
+                        line,
+                        f"{caller.name}() calls {g.name}(), which takes gradient steps on validation "
+                        f"tokens, with nothing scored first{then}",
+                    )
+                )
                 break
     return hits
 

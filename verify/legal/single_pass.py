@@ -29,12 +29,23 @@ def detect(facts: Facts) -> list[Hit]:
             if not PASS_VAR.search(var):
                 continue
             s = f.first_score_in(lo, hi)
-            scoring_calls = [(ln, n) for ln, n, args, _ in f.calls if lo <= ln <= hi
-                             and any(g.scores for g in facts.callee(n)) and any(f.is_val(a, ln) for a in args)]
+            scoring_calls = [
+                (ln, n)
+                for ln, n, args, _ in f.calls
+                if lo <= ln <= hi
+                and any(g.scores for g in facts.callee(n))
+                and any(f.is_val(a, ln) for a in args)
+            ]
             if s is None and not scoring_calls:
                 continue
             where = f"line {s}" if s is not None else f"{scoring_calls[0][1]}() at line {scoring_calls[0][0]}"
-            hits.append(Hit("C4", "multi-pass", lo,
-                            f"{f.name}(): the loop 'for {var} in {ast.unparse(node.iter)[:40]}' scores the "
-                            f"validation tokens on every pass ({where}): a token scored more than once"))
+            hits.append(
+                Hit(
+                    "C4",
+                    "multi-pass",
+                    lo,
+                    f"{f.name}(): the loop 'for {var} in {ast.unparse(node.iter)[:40]}' scores the "
+                    f"validation tokens on every pass ({where}): a token scored more than once",
+                )
+            )
     return hits

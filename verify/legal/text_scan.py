@@ -12,15 +12,26 @@ from verify.legal import Hit
 
 _T = r"(?:y|tgt|tgts|targets?|target_ids|labels?|gold\w*|next_tok\w*)"
 PATTERNS = [
-    ("C2", "oracle-gate",
-     re.compile(r"\b(?:torch|np)\.minimum\(\s*\w*(?:nll|loss)\w*\s*,\s*\w*(?:nll|loss)\w*\s*\)"),
-     "the per-token minimum of two losses: an oracle gate"),
-    ("C2", "gold-logit-bias",
-     re.compile(rf"\blogits?\w*\[[^\]]*\b{_T}\b[^\]]*\]\s*[+\-*]=|\blogits?\w*\.scatter_add_?\([^)]*\b{_T}\b"),
-     "the logits are changed at the gold token"),
-    ("C3", "val-training",
-     re.compile(r"(?i)^\s*(?!def\b)\w*pre_?quant\w*ttt\w*\s*\(|^\s*(?!def\b)\w*ttt\w*pre_?quant\w*\s*\("),
-     "a pre-quantization TTT call"),
+    (
+        "C2",
+        "oracle-gate",
+        re.compile(r"\b(?:torch|np)\.minimum\(\s*\w*(?:nll|loss)\w*\s*,\s*\w*(?:nll|loss)\w*\s*\)"),
+        "the per-token minimum of two losses: an oracle gate",
+    ),
+    (
+        "C2",
+        "gold-logit-bias",
+        re.compile(
+            rf"\blogits?\w*\[[^\]]*\b{_T}\b[^\]]*\]\s*[+\-*]=|\blogits?\w*\.scatter_add_?\([^)]*\b{_T}\b"
+        ),
+        "the logits are changed at the gold token",
+    ),
+    (
+        "C3",
+        "val-training",
+        re.compile(r"(?i)^\s*(?!def\b)\w*pre_?quant\w*ttt\w*\s*\(|^\s*(?!def\b)\w*ttt\w*pre_?quant\w*\s*\("),
+        "a pre-quantization TTT call",
+    ),
 ]
 
 
