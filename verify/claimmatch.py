@@ -173,7 +173,8 @@ def _match_mean(claim: Claim, scored: list[RunSummary], m: Match) -> None:
         tol = c.unit + 0.5 * max(score_unit(r.score) for r in m.runs) + 1e-9
         where = ", ".join(r.where for r in m.runs[:5])
         if abs(c.value - mean) <= tol:
-            m.add(PASS, f"{c.key} {c.value} = the mean of {len(vals)} claimed runs {mean:.8f} ({where})")
+            what = f"the mean of {len(vals)} claimed runs" if len(vals) > 1 else "the claimed run's score"
+            m.add(PASS, f"{c.key} {c.value} = {what} {mean:.8f} ({where})")
         elif c.value < min(vals) - c.unit - 1e-6:
             m.add(
                 FAIL,
