@@ -50,7 +50,9 @@ def test_passing_folder_has_no_fail_and_the_evidence(tmp_path, fmt):
     assert res["significance"].status == "SKIP" and res["deep"].status == "SKIP"
     # the evidence names files, lines and numbers
     assert any("train_seed42.log:" in t and "<= 16000000" in t for t in texts(res["size"]))
-    assert any(t.startswith("val_bpb ") and "mean of 3 seeds" in t for t in texts(res["consistency"]))
+    assert any(
+        t.startswith("val_bpb ") and "the mean of 3 claimed runs" in t for t in texts(res["consistency"])
+    )
     assert any("hardware 8x NVIDIA H100" in t for t in texts(res["time"]))
 
 
@@ -75,14 +77,13 @@ def test_cli_exit_codes_and_formats(tmp_path):
     assert run_cli("--pr-files", tmp_path / "missing.txt").returncode == 2
 
 
-def test_static_verify_is_fast(tmp_path):
+def test_static_verify_imports_neither_torch_nor_scipy(tmp_path):
     folder = make_record(tmp_path, fmt="conventional")
     verify_folder(folder)  # imports warm
     t0 = time.perf_counter()
     verify_folder(folder)
     dt = time.perf_counter() - t0
-    print(f"static verify of a 3-seed folder: {dt * 1000:.1f} ms")
-    assert dt < 1.0
+    print(f"static verify of a 3-seed folder: {dt * 1000:.1f} ms (not asserted)")
     t0 = time.perf_counter()
     p = run_cli(folder)
     print(f"python -m verify (new process): {time.perf_counter() - t0:.2f} s")
@@ -113,8 +114,23 @@ def test_missing_files_are_named(tmp_path):
     (folder / "README.md").unlink()
     for f in folder.glob("*.log"):
         f.unlink()
-    t = texts(by_id(verify_folder(folder))["files"], "FAIL")
-    assert any("README.md missing" in x for x in t) and any("no train log" in x for x in t)
+    res = by_id(verify_folder(folder))["files"]
+    assert any("README.md missing" in x for x in texts(res, "WARN"))
+    assert any("no train log" in x for x in texts(res, "FAIL"))
+    (folder / "train_gpt.py").write_text("")
+    fail = texts(by_id(verify_folder(folder))["files"], "FAIL")
+    assert any("train_gpt.py is empty" in x for x in fail) and any(x.startswith("no code") for x in fail)
+
+
+def test_code_and_json_under_other_names_are_found(tmp_path):
+    folder = make_record(tmp_path)
+    (folder / "train_gpt.py").rename(folder / "train_gpt_v5.py")
+    (folder / "submission.json").rename(folder / "submission_v5.json")
+    res = by_id(verify_folder(folder))
+    assert res["files"].status == "WARN" and not any(r.status == "FAIL" for r in res.values())
+    assert any("the trainer is train_gpt_v5.py" in x for x in texts(res["files"], "WARN"))
+    assert any("named submission_v5.json" in x for x in texts(res["files"], "WARN"))
+    assert res["consistency"].status == "PASS", texts(res["consistency"])
 
 
 def test_pr_file_list_with_a_file_outside_records_fails(tmp_path):
@@ -193,24 +209,40 @@ def test_malformed_json_fails_schema(tmp_path):
     assert res["consistency"].status in ("SKIP", "FAIL")
 
 
-def test_schema_errors_are_named(tmp_path):
+def test_schema_deviations_warn_and_are_named(tmp_path):
     folder = make_record(tmp_path, sub_overrides={"date": "May 1st", "val_bpb": "1.1", "bytes_total": -3})
-    t = texts(by_id(verify_folder(folder))["schema"], "FAIL")
+    res = by_id(verify_folder(folder))["schema"]
+    t = texts(res, "WARN")
+    assert res.status == "WARN"
     assert any(x.startswith("submission.json $.date") for x in t)
     assert any("$.val_bpb: '1.1' is not of type 'number'" in x for x in t)
     assert any("$.bytes_total" in x for x in t)
 
 
+def test_tolerated_shapes_warn_and_the_claim_is_still_read(tmp_path):
+    folder = make_record(tmp_path)
+    sub = json.loads((folder / "submission.json").read_text())
+    for k in ("author", "github_id", "date"):
+        del sub[k]
+    sub["val_loss_std"] = None
+    sub["seeds"] = {k: v for k, v in sub.pop("seed_results").items()}  # an object keyed by seed
+    (folder / "submission.json").write_text(json.dumps(sub))
+    res = by_id(verify_folder(folder))
+    assert res["schema"].status == "WARN" and res["consistency"].status == "PASS", texts(res["consistency"])
+    assert any("'seeds' is an object keyed by seed" in x for x in texts(res["schema"], "WARN"))
+    assert sum("seeds." in x and "val_bpb" in x for x in texts(res["consistency"], "PASS")) == 3
+
+
 # ---------------------------------------------------------------------------- check 3: consistency
 
 
-def test_stale_bytes_total_fails_consistency(tmp_path):
+def test_stale_bytes_total_warns_with_both_values(tmp_path):
     folder = make_record(tmp_path, sub_overrides={"bytes_total": 15_123_456})
     res = by_id(verify_folder(folder))["consistency"]
-    assert res.status == "FAIL"
-    fail = texts(res, "FAIL")
-    assert len(fail) == 1 and "bytes_total is 15123456 in submission.json" in fail[0]
-    assert "train_seed42.log:" in fail[0] and str(15_000_000 + len(CLEAN_TRAIN_GPT)) in fail[0]
+    assert res.status == "WARN"
+    warn = texts(res, "WARN")
+    assert len(warn) == 1 and "bytes_total is 15123456 but" in warn[0]
+    assert "train_seed42.log:" in warn[0] and str(15_000_000 + len(CLEAN_TRAIN_GPT)) in warn[0]
 
 
 def test_invented_val_bpb_and_per_seed_value_fail(tmp_path):
@@ -225,8 +257,23 @@ def test_invented_val_bpb_and_per_seed_value_fail(tmp_path):
     sub["seed_results"]["314"] = sr_bad
     (folder / "submission.json").write_text(json.dumps(sub))
     fail = texts(by_id(verify_folder(folder))["consistency"], "FAIL")
-    assert any(x.startswith("val_bpb is 1.01234 in submission.json but the logs give") for x in fail)
-    assert any("seed_results[314].val_bpb is 0.95 but train_seed314.log:" in x for x in fail)
+    assert any(x.startswith("val_bpb is 1.01234, better than every claimed run's score") for x in fail), fail
+    assert any(
+        x.startswith("seed_results.314.val_bpb is 0.95, better than every logged final score of seed 314 ")
+        and "train_seed314.log:" in x
+        for x in fail
+    ), fail
+
+
+def test_a_claim_worse_than_the_log_warns(tmp_path):
+    folder = make_record(tmp_path)
+    sub = json.loads((folder / "submission.json").read_text())
+    sub["seed_results"]["314"]["val_bpb"] = 1.2
+    sub["val_bpb"] = 1.3
+    (folder / "submission.json").write_text(json.dumps(sub))
+    res = by_id(verify_folder(folder))["consistency"]
+    assert res.status == "WARN", texts(res)
+    assert any("seed_results.314.val_bpb is 1.2 but no log line has it" in x for x in texts(res, "WARN"))
 
 
 def test_claimed_seed_without_log_and_unclaimed_log(tmp_path):
@@ -235,16 +282,21 @@ def test_claimed_seed_without_log_and_unclaimed_log(tmp_path):
     text = (folder / "train_seed7.log").read_text().replace('"seed": 999', '"seed": 7')
     (folder / "train_seed7.log").write_text(text)
     res = by_id(verify_folder(folder))["consistency"]
-    assert any("claims seed 999 but no log" in x for x in texts(res, "FAIL"))
-    assert any("seed 7" in x and "not among the claimed seeds" in x for x in texts(res, "WARN"))
+    assert res.status == "WARN", texts(res)  # the claimed score is in a log: a mislabelled seed, not a FAIL
+    assert any(
+        "seed_results.999.val_bpb" in x and "train_seed7.log" in x and "not 999: a mislabelled seed" in x
+        for x in texts(res, "WARN")
+    )
 
 
-def test_truncated_log_fails_consistency(tmp_path):
+def test_a_claimed_seed_whose_log_is_unfinished_fails_consistency(tmp_path):
     folder = make_record(tmp_path, fmt="conventional", truncated_seed=314)
     res = by_id(verify_folder(folder))["consistency"]
-    fail = texts(res, "FAIL")
-    assert any(x.startswith("train_seed314.log: truncated") for x in fail)
-    assert any("claims seed 314 but no log" in x for x in fail)
+    assert any(x.startswith("train_seed314.log: unfinished") for x in texts(res, "WARN"))
+    assert any(
+        x.startswith("seed_results.314.val_bpb is") and "no log has that score" in x
+        for x in texts(res, "FAIL")
+    )
 
 
 def test_value_of_one_seed_instead_of_the_mean_warns(tmp_path):
@@ -252,7 +304,11 @@ def test_value_of_one_seed_instead_of_the_mean_warns(tmp_path):
 
     folder = make_record(tmp_path, sub_overrides={"val_bpb": round(LOSSES[42] * BPB_PER_LOSS, 8)})
     res = by_id(verify_folder(folder))["consistency"]
-    assert res.status == "WARN" and "equals train_seed42.log's value, not the mean" in res.summary
+    assert (
+        res.status == "WARN"
+        and "equals train_seed42.log's value" in res.summary
+        and "not the mean" in res.summary
+    )
 
 
 # ---------------------------------------------------------------------------- check 4: size
@@ -273,15 +329,34 @@ def test_artifact_files_and_real_code_size_count(tmp_path):
     code = len(CLEAN_TRAIN_GPT.encode())
     folder = make_record(tmp_path, model_bytes=LIMIT - code, artifacts=True)
     assert by_id(verify_folder(folder))["size"].status == "PASS"
-    # the folder's train_gpt.py grew after the runs: the logs' totals no longer hold
+    # the folder's train_gpt.py grew after the runs: the logs' own totals decide, the files warn
     (folder / "train_gpt.py").write_text(CLEAN_TRAIN_GPT + "# one more line\n")
     res = by_id(verify_folder(folder))["size"]
-    assert res.status == "FAIL"
+    assert res.status == "WARN"
     assert any(
         f"train_gpt.py {code + 16} + train_seed42.ptz" in x and "> 16000000 by 16" in x
-        for x in texts(res, "FAIL")
+        for x in texts(res, "WARN")
     )
     assert any("the folder's code is not the code that ran" in x for x in texts(res, "WARN"))
+
+
+def test_readable_code_beside_a_log_that_counts_compressed_code_passes(tmp_path):
+    folder = make_record(tmp_path, fmt="conventional", model_bytes=15_900_000)
+    big = CLEAN_TRAIN_GPT + "#" * 150_000 + "\n"  # the readable source: 150 KB
+    (folder / "train_gpt.py").write_text(big)
+    for log in folder.glob("*.log"):
+        t = log.read_text().replace(
+            f"Code size: {len(CLEAN_TRAIN_GPT)} bytes",
+            f"Code size (uncompressed): {len(big)} bytes\nCode size (compressed): 30000 bytes",
+        )
+        t = t.replace(f"int6+zstd: {15_900_000 + len(CLEAN_TRAIN_GPT)} bytes", "int6+zstd: 15930000 bytes")
+        log.write_text(t)
+    res = by_id(verify_folder(folder))["size"]
+    assert res.status == "PASS", texts(res)
+    assert any(
+        "counts the compressed code (30000 bytes); train_gpt.py ships the readable source" in x
+        for x in texts(res, "PASS")
+    )
 
 
 # ---------------------------------------------------------------------------- check 5: time
@@ -305,7 +380,10 @@ def test_eval_over_600_s_fails_and_small_overshoot_warns(tmp_path):
     )
     res = by_id(verify_folder(folder))["time"]
     assert any("train_seed42.log:" in x and "evaluation 601.000 s > 600 s" in x for x in texts(res, "FAIL"))
-    assert any("train_seed314.log:" in x and "21 ms past 600 s" in x for x in texts(res, "WARN"))
+    assert any(
+        "train_seed314.log:" in x and "21 ms past 600 s, within the 1 s grace" in x
+        for x in texts(res, "PASS")
+    )
 
 
 def test_other_hardware_warns(tmp_path):
@@ -378,15 +456,19 @@ def test_prequant_ttt_code_warns_legality(tmp_path):
     assert res.status == "WARN"
     t = texts(res, "WARN")
     line = PREQUANT_TTT_TRAIN_GPT.splitlines().index("    adapt(model, opt, val_tokens, 3)") + 1
-    assert any(f"pre-quant-ttt at line(s) {line}" in x and "before quantize()" in x for x in t), t
-    assert any("val-grad" in x and "adapt()" in x for x in t)
+    assert any(
+        x.startswith(f"[C3 val-training] train_gpt.py:{line}:")
+        and "adapt()" in x
+        and "quantize() at line" in x
+        for x in t
+    ), t
 
 
 def test_packed_train_gpt_is_decoded_not_run(tmp_path):
     folder = make_record(tmp_path, train_gpt=packed(PREQUANT_TTT_TRAIN_GPT + "\nraise SystemExit('ran!')\n"))
     res = by_id(verify_folder(folder))["legality"]
     assert res.status == "WARN"
-    assert any("packed: b85+lzma" in x and "pre-quant-ttt" in x for x in texts(res, "WARN"))
+    assert any("packed: b85+lzma" in x and "[C3 val-training]" in x for x in texts(res, "WARN"))
     clean = make_record(tmp_path / "c", train_gpt=packed(CLEAN_TRAIN_GPT))
     res = by_id(verify_folder(clean))["legality"]
     assert res.status == "PASS" and "packed: b85+lzma" in res.summary
@@ -399,8 +481,9 @@ def test_tokenizer_and_deep_say_why_they_skip(tmp_path):
     folder = make_record(tmp_path)
     (folder / "custom.model").write_bytes(b"not the official model")
     res = by_id(verify_folder(folder, Options(deep=True)))
-    assert res["tokenizer"].status == "SKIP" and "not an official tokenizer" in res["tokenizer"].summary
-    assert "--data" in res["tokenizer"].summary
+    tok = texts(res["tokenizer"])
+    assert any("not an official tokenizer" in x and "--data" in x for x in tok), tok
+    assert any("custom.model: not a SentencePiece model" in x for x in texts(res["tokenizer"], "WARN"))
     assert res["deep"].status == "SKIP" and "--data" in res["deep"].summary
     conv = make_record(tmp_path / "conv", fmt="conventional")
     res = by_id(

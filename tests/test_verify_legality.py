@@ -1,119 +1,130 @@
-"""Check 7's static scan: each heuristic on a small source, and packed wrappers decoded, never run."""
+"""Check 7: each C1-C4 detector on a synthetic folder of tests/fixtures/verify/, the legal designs that must
+pass (score-first TTT, phased LoRA TTT, full-distribution blends, a causal cache, a SLOT path switched off),
+the log-proven breaks (FAIL), and the project's own trainer and the 1.0611 record (no finding)."""
 
 from __future__ import annotations
 
-import base64
-import zlib
+import glob
+from pathlib import Path
 
 import pytest
-from conftest_verify import CLEAN_TRAIN_GPT, PREQUANT_TTT_TRAIN_GPT, packed
 
-from verify.checks.legality import scan_source
-from verify.unpack import looks_packed, unpack_source
+from verify.checks.legality import code_hits
+from verify.runner import verify_folder
+from verify.unpack import unpack_source
 
-
-def kinds(src: str) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for h in scan_source(src):
-        out.setdefault(h.kind, []).append(h.line)
-    return out
-
-
-def test_clean_script_has_no_hits():
-    assert kinds(CLEAN_TRAIN_GPT) == {}
+FIX = Path(__file__).resolve().parent / "fixtures" / "verify"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared")
 
 
-def test_prequant_ttt_by_call_order():
-    k = kinds(PREQUANT_TTT_TRAIN_GPT)
-    lines = PREQUANT_TTT_TRAIN_GPT.splitlines()
-    assert k["pre-quant-ttt"] == [lines.index("    adapt(model, opt, val_tokens, 3)") + 1]
-    assert k["val-grad"] == [lines.index("def adapt(model, opt, val_tokens, epochs):") + 1]
-
-
-def test_score_first_ttt_after_quantization_is_only_flagged_for_a_human():
-    src = (
-        CLEAN_TRAIN_GPT
-        + """
-
-def eval_ttt(model, opt, val_tokens):
-    total = 0.0
-    for chunk in val_tokens.split(1024):
-        with torch.no_grad():
-            total += model(chunk[:-1], chunk[1:])
-        loss = model(chunk[:-1], chunk[1:])
-        loss.backward()
-        opt.step()
-    return total
-"""
-    )
-    k = kinds(src)
-    assert list(k) == ["val-grad"]  # not pre-quant, not val-in-train (an eval function)
+def legality(folder: Path):
+    return next(r for r in verify_folder(folder) if r.id == "legality")
 
 
 @pytest.mark.parametrize(
-    "snippet,kind",
+    "case,tag",
     [
-        (
-            "def train(model, opt, loader, val_tokens):\n    for step in range(10):\n"
-            "        x = val_tokens[step]\n        loss = model(x)\n        loss.backward()\n",
-            "val-in-train",
-        ),
-        ("TTT_EPOCHS = int(os.environ.get('TTT_EPOCHS', '8'))\n", "ttt-epochs"),
-        ("    ttt_epochs: int = 3\n", "ttt-epochs"),
-        ("ngram_cache = {}\n", "ngram-cache"),
-        ("bigram_counts = collections.Counter()\n", "ngram-cache"),
-        ("logits = logits + bias[None]\n", "logit-bias"),
-        ("logits += self.logit_bias\n", "logit-bias"),
-        ("import urllib.request\n", "network"),
-        ("from huggingface_hub import hf_hub_download\n", "network"),
-        ("import requests\n", "network"),
-        ("s = socket.socket()\n", "network"),
-        ("data = open('/home/me/val_cache.bin').read()\n", "outside-files"),
-        ("p = open('../other/file.txt')\n", "outside-files"),
-        ("p = os.path.expanduser('~/x')\n", "outside-files"),
-        ("RUN_PREQUANT_TTT = 1\n", "pre-quant-ttt"),
+        ("c1_val_in_artifact", "[C1 val-in-artifact]"),
+        ("c1_val_calibration", "[C1 val-in-artifact]"),
+        ("c1_cache_from_unscored", "[C1 cache-from-unscored]"),
+        ("c1_cache_updated_before_score", "[C1 cache-from-unscored]"),
+        ("c1_val_file_and_network", "[C1 network]"),
+        ("c1_val_file_and_network", "[C1 val-file]"),
+        ("c2_oracle_gate", "[C2 oracle-gate]"),
+        ("c2_gold_logit_bias", "[C2 gold-logit-bias]"),
+        ("c2_gold_only_blend", "[C2 gold-only-blend]"),
+        ("c3_prequant_ttt", "[C3 val-training]"),
+        ("c3_slot", "[C3 update-before-score]"),
+        ("c3_train_then_score", "[C3 train-then-score]"),
+        ("c3_rescore_after_ttt", "[C3 val-training]"),
+        ("c4_two_pass", "[C4 multi-pass]"),
     ],
 )
-def test_each_heuristic(snippet, kind):
-    assert kind in kinds(snippet), kinds(snippet)
+def test_each_code_pattern_warns_with_its_condition(case, tag):
+    res = legality(FIX / case)
+    assert res.status == "WARN", [f.text for f in res.findings]
+    hits = [f.text for f in res.findings if f.status == "WARN" and f.text.startswith(tag)]
+    assert hits, [f.text for f in res.findings]
+    assert all("train_gpt.py:" in h for h in hits)  # file:line
+
+
+def test_the_warning_names_the_lines_and_what_follows():
+    res = legality(FIX / "c3_prequant_ttt")
+    text = next(f.text for f in res.findings if f.text.startswith("[C3 val-training]"))
+    src = (FIX / "c3_prequant_ttt" / "train_gpt.py").read_text().splitlines()
+    line = src.index("    ttt_adapt(model, val_tokens)") + 1
+    assert f"train_gpt.py:{line}:" in text and "ttt_adapt()" in text and "pre-quant TTT" in text
+    rescore = next(
+        f.text for f in legality(FIX / "c3_rescore_after_ttt").findings if "val-training" in f.text
+    )
+    assert "then scores them with eval_val()" in rescore
 
 
 @pytest.mark.parametrize(
-    "snippet",
+    "case",
     [
-        "logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)\n",
-        "bigram_hash = BigramHashEmbedding(2048, 128)\n",
-        "global_ttt_epochs = 1\n",
-        "data_path = './data/datasets/fineweb10B_sp8192'\n",
-        "devnull = open('/dev/null', 'w')\n",
-        "# import requests (a comment)\n",
+        "legal_score_first_ttt",
+        "legal_phased_lora_ttt",
+        "legal_full_blend_and_causal_cache",
+        "legal_disabled_slot",
     ],
 )
-def test_ordinary_code_is_not_flagged(snippet):
-    assert kinds(snippet) == {}
+def test_legal_designs_pass(case):
+    res = legality(FIX / case)
+    assert res.status == "PASS", [f.text for f in res.findings]
 
 
-def test_unpack_nested_wrappers_without_running_them():
-    inner = packed(PREQUANT_TTT_TRAIN_GPT + "raise SystemExit('must never run')\n")
-    outer = (
-        "import base64, zlib\nexec(zlib.decompress(base64.b64decode('"
-        + base64.b64encode(zlib.compress(inner.encode())).decode()
-        + "')))\n"
-    )
-    assert looks_packed(outer)
-    src = unpack_source(outer)
-    assert src.layers == ["b64+zlib", "b85+lzma"] and src.text.startswith('"""A tiny stand-in')
-    assert not looks_packed(CLEAN_TRAIN_GPT) and unpack_source(CLEAN_TRAIN_GPT).layers == []
+def test_a_path_the_claimed_runs_switch_off_is_reported_not_warned():
+    res = legality(FIX / "legal_disabled_slot")
+    note = [f.text for f in res.findings if "not run:" in f.text]
+    assert note and "[C3 update-before-score]" in note[0] and "SLOT_ENABLED" in note[0] and "'0'" in note[0]
 
 
-def test_undecodable_wrapper_is_reported():
-    src = unpack_source("import zlib\nexec(zlib.decompress(b'" + "x" * 300 + "'))\n")
-    assert src.layers == [] and "no payload could be decoded" in src.note
+def test_a_logged_setting_turns_the_path_on(tmp_path):
+    import shutil
+
+    folder = tmp_path / "slot_on"
+    shutil.copytree(FIX / "legal_disabled_slot", folder)
+    log = folder / "train_seed42.log"
+    log.write_text("Hyperparameters:\n  slot_enabled: True\n" + log.read_text())
+    res = legality(folder)
+    assert res.status == "WARN" and any(f.text.startswith("[C3 update-before-score]") for f in res.findings)
 
 
-def test_our_packed_trainer_unpacks_in_one_layer_without_a_note():
-    # the decoded trainer calls torch.compile and brotli.decompress: that alone is not a wrapper
-    from pgolf.pack import bundle_source, pack_source
+@pytest.mark.parametrize(
+    "case,tag",
+    [("c3_log_ttt_before_artifact", "[C3 ttt-before-artifact]"), ("c4_log_second_pass", "[C4 second-pass]")],
+)
+def test_a_break_the_log_proves_fails(case, tag):
+    res = legality(FIX / case)
+    fails = [f.text for f in res.findings if f.status == "FAIL"]
+    assert res.status == "FAIL" and fails and fails[0].startswith(tag) and "train_seed42.log:" in fails[0]
 
-    src = unpack_source(pack_source(bundle_source()))
-    assert src.layers == ["b85+lzma"] and not src.note and "def main()" in src.text
+
+def test_the_projects_own_trainer_gets_no_finding():
+    readable = "".join(Path(p).read_text() + "\n" for p in sorted(glob.glob(str(REPO / "trainer" / "*.py"))))
+    on, off, note = code_hits(readable)
+    assert on == [] and off == [], [h.render("trainer") for h in on]
+    for p in sorted(glob.glob(str(REPO / "trainer" / "*.py"))):
+        on, off, _ = code_hits(Path(p).read_text())
+        assert on == [], [h.render(p) for h in on]
+    packed = unpack_source((REPO / "submission" / "train_gpt.py").read_text())
+    assert packed.layers and not packed.note
+    on, off, _ = code_hits(packed.text)
+    assert on == [], [h.render("submission/train_gpt.py") for h in on]
+
+
+@pytest.mark.skipif(
+    not (SHARED / "reference" / "sota_1.0611").is_dir(),
+    reason="../shared/reference/sota_1.0611 absent: the 1.0611 reference cannot be scanned",
+)
+def test_the_1_0611_reference_record_passes():
+    on, off, _ = code_hits((SHARED / "reference" / "sota_1.0611" / "train_gpt.py").read_text())
+    assert on == [], [h.render("sota_1.0611/train_gpt.py") for h in on]
+    real = glob.glob(str(SHARED / "records-real" / "track_10min_16mb" / "*_1.0611"))
+    if real:
+        res = legality(Path(real[0]))
+        assert res.status == "PASS", [f.text for f in res.findings]

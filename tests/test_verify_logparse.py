@@ -167,12 +167,14 @@ def test_seed_from_file_name_and_a_mismatch(tmp_path):
     assert s.seed == 7 and any("2025 in the file name" in x for x in s.problems)
 
 
-def test_truncated_and_unknown_and_unreadable(tmp_path):
+def test_unfinished_and_unknown_and_unreadable(tmp_path):
     cut = OLD_FORMAT[: OLD_FORMAT.index("stopping_early")] + "step:7200/9000 train_lo"
     s = parse_log_text(cut)
     assert s.val_bpb is None and "no final val_bpb line" in s.problems
-    assert any(x.startswith("truncated: the run started (last step seen 200)") for x in s.problems)
-    assert any(x.startswith("truncated: the file ends mid-line") for x in s.problems)
+    assert any(x.startswith("unfinished: the run started (last step seen 200)") for x in s.problems)
+    # a log that ends without a newline after its final line is complete, not truncated
+    whole = parse_log_text(OLD_FORMAT.rstrip("\n"))
+    assert whole.val_bpb == 1.12707468 and whole.problems == []
     s = parse_log_text("hello\nworld\n")
     assert s.format == "unknown" and any(x.startswith("unknown format") for x in s.problems)
     s = parse_log(tmp_path / "missing.log")
@@ -238,10 +240,126 @@ def test_our_runlog_output_round_trips(tmp_path, capsys):
     # a pgolf log without its final event has no score, even with conventional result lines
     text = "\n".join(ln for ln in path.read_text().splitlines() if '"final"' not in ln) + "\n"
     s = parse_log_text(text)
-    assert s.val_bpb is None and any(x.startswith("truncated") for x in s.problems)
+    assert s.val_bpb is None and any(x.startswith("unfinished") for x in s.problems)
 
 
 def test_source_without_a_rule_ends_at_its_main_block():
     text = OLD_FORMAT.replace("=" * 100 + "\nRunning Python", "Running Python", 1)
     s = parse_log_text(text)
     assert s.code_region == (1, 12) and s.val_bpb == 1.12707468
+
+
+# ---------------------------------------------------------------------------- formats of real records
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "[19:23:20] ",
+        "2026-04-23 19:23:20,123 - ",
+        "2026-04-23T19:23:20Z | ",
+        "INFO: ",
+        "[rank0]: ",
+        "[2026-04-23 19:23:20] INFO: ",
+    ],
+)
+def test_timestamp_and_level_prefixes_are_stripped(prefix):
+    lines = [
+        "seed:42",
+        "step:100/200 train_loss:3.0000 train_time:1000ms step_avg:10.00ms",
+        "stopping_early: wallclock_cap train_time:599000ms step:200/200",
+        "Code size: 1000 bytes",
+        "Total submission size int6+brotli: 15001000 bytes",
+        "final_int6_sliding_window val_loss:2.40000000 val_bpb:1.10000000 eval_time:90000ms",
+    ]
+    s = parse_log_text("".join(prefix + ln + "\n" for ln in lines))
+    assert (s.seed, s.train_time_ms, s.total_bytes, s.val_bpb, s.eval_time_ms) == (
+        42,
+        599000.0,
+        15001000,
+        1.1,
+        90000.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "line,label,bpb",
+    [
+        (
+            "final_sliding val_loss:2.9877 val_bpb:1.1568 (stride=16, T=0.90) eval_time:428712ms",
+            "final_sliding",
+            1.1568,
+        ),
+        ("sliding val_bpb: 1.0912 eval_time: 81s", "sliding", 1.0912),
+        ("final_sliding_window val_bpb:1.12345678 val_loss:1.90000000", "final_sliding_window", 1.12345678),
+        ("ttt_sliding:done val_loss=1.889768 val_bpb=1.119230 elapsed=409.8s", "ttt_sliding:done", 1.11923),
+    ],
+)
+def test_sliding_and_ttt_variants(line, label, bpb):
+    s = parse_log_text("step:1/10 train_loss:5.0 train_time:1ms\n" + line + "\n")
+    assert [(x.label, x.val_bpb) for x in s.scores] == [(label, bpb)]
+
+
+def test_progress_lines_are_not_scores():
+    text = (
+        "step:1/10 train_loss:5.0 train_time:1ms\n"
+        "ttt_progress: batch 214/782 batch_loss:2.9381 batch_bpb:1.1303 running_loss:2.7832 running_bpb:1.0715\n"  # noqa: E501
+        "  ttt_chunk [1171/1389] bpb=1.348314 time=341.6s\n"
+        "quantized_ttt_lora val_loss:2.77059090 val_bpb:1.07258208 eval_time:338190ms\n"
+    )
+    s = parse_log_text(text)
+    assert [x.label for x in s.scores] == ["quantized_ttt_lora"]
+
+
+def test_every_result_line_is_kept_and_side_scores_rank_low():
+    text = (
+        "step:1/10 train_loss:5.0 train_time:1ms\n"
+        "final_int6_sliding_window val_loss:2.50671564 val_bpb:1.08938974 eval_time:76195ms\n"
+        "ngram_mix val_loss:2.40000000 val_bpb:1.02000000 eval_time:1000ms\n"
+    )
+    s = parse_log_text(text)
+    assert [x.label for x in s.scores] == ["final_int6_sliding_window", "ngram_mix"]
+    assert s.final_phase == "final_int6_sliding_window"  # an n-gram side line is not the log's own score
+
+
+def test_source_echoed_after_a_header_is_skipped():
+    src = [
+        "import os",
+        "def main():",
+        "    seed = 1337",
+        '    log0("x")',
+        "final_int6_roundtrip val_loss:9.9 val_bpb:9.9",
+        "if __name__ == '__main__':",
+        "    main()",
+    ]
+    text = (
+        "\n".join(
+            ["=" * 40, "Hyperparameters:", "  seed: 7", "=" * 40]
+            + src
+            + [
+                "=" * 40,
+                "step:1/10 train_loss:5.0 train_time:1ms",
+                "final_int6_roundtrip val_loss:2.0 val_bpb:1.2 eval_time:5ms",
+            ]
+        )
+        + "\n"
+    )
+    s = parse_log_text(text)
+    assert s.seed == 7 and [x.val_bpb for x in s.scores] == [1.2]
+
+
+def test_outside_timer_and_calibration_lines():
+    text = (
+        "step:1/10 train_loss:5.0 train_time:1ms\n"
+        "stopping_early: wallclock_cap train_time: 599592ms step: 4945/20000\n"
+        "GPTQ:collecting Hessians from calibration data...\n"
+        "GPTQ:collected 67 Hessians in 4.7s\n"
+        "Total submission size quantized+brotli: 15897259 bytes\n"
+        "Deserialize: decompression done in 24.0s\n"
+        "ttt_lora:compile warmup done (137.6s)\n"
+        "quantized_ttt_phased val_loss:2.31944212 val_bpb:1.05989454 eval_time:508785ms\n"
+        "total_eval_time:508.8s\n"
+    )
+    s = parse_log_text(text)
+    assert [(w, sec) for _, w, sec in s.outside_timer] == [("deserialize", 24.0), ("compile warmup", 137.6)]
+    assert [sec for _, _, sec in s.calibration] == [None, 4.7] and s.eval_time_ms == 508800.0

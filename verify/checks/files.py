@@ -1,15 +1,15 @@
-"""Check 1: the folder holds README.md, submission.json, train_gpt.py and a train log; a PR changes
-nothing outside one new records/<track>/<name>/ folder."""
+"""Check 1: the required material is there: code (train_gpt.py, or the file that is clearly the trainer),
+a train log, nothing required empty; README.md and a submission JSON are expected (a WARN when absent);
+a PR changes nothing outside one new records/<track>/<name>/ folder."""
 
 from __future__ import annotations
 
-from verify.context import Context, is_log_name
+from verify.context import Context
 from verify.pr import record_folder
 from verify.result import FAIL, PASS, WARN, CheckResult
 
 ID, NUMBER = "files", 1
-RULE = "README.md, submission.json, train_gpt.py and a train log; the PR adds one folder under records/"
-REQUIRED = ("README.md", "submission.json", "train_gpt.py")
+RULE = "code, a train log, README.md and submission.json present, none empty; a PR adds one records/ folder"
 
 
 def run(ctx: Context) -> CheckResult:
@@ -21,26 +21,61 @@ def run(ctx: Context) -> CheckResult:
     return r
 
 
+def _size(ctx: Context, rel: str) -> int:
+    try:
+        return (ctx.folder / rel).stat().st_size
+    except OSError:
+        return -1
+
+
 def _folder(ctx: Context, r: CheckResult) -> None:
     top = {f for f in ctx.files if "/" not in f}
     if not ctx.files:
         r.add(FAIL, f"{ctx.folder}: the folder is empty")
         return
-    missing = [n for n in REQUIRED if n not in top]
-    for n in missing:
-        r.add(FAIL, f"{n} missing from {ctx.folder}")
-    logs = [f for f in ctx.files if is_log_name(f)]
-    if not logs:
-        r.add(FAIL, f"no train log (*.log) in {ctx.folder}")
-    for name in ("README.md", "train_gpt.py", "submission.json"):
-        if name in top and (ctx.folder / name).stat().st_size == 0:
-            r.add(FAIL, f"{name} is empty")
-    if not missing and logs:
+    # code
+    for rel in ctx.code.empty:
+        if rel.rsplit("/", 1)[-1].startswith("train") or rel == "train_gpt.py":
+            r.add(FAIL, f"{rel} is empty (0 bytes of code)")
+    trainer = ctx.code.trainer
+    if trainer is None:
+        others = [f.rel for f in ctx.code.files]
         r.add(
-            PASS,
-            f"{', '.join(REQUIRED)} present; {len(logs)} log(s): {', '.join(logs[:6])}"
-            + (" ..." if len(logs) > 6 else ""),
+            FAIL,
+            "no code: no train_gpt.py and no *.py that trains and reports val_bpb"
+            + (f" (other .py files: {', '.join(others[:5])})" if others else ""),
         )
+    else:
+        if trainer.rel == "train_gpt.py":
+            r.add(PASS, f"code: train_gpt.py, {trainer.size} bytes")
+        else:
+            why = "train_gpt.py runs it" if "train_gpt.py" in top else "no train_gpt.py"
+            r.add(WARN, f"code: the trainer is {trainer.rel} ({trainer.size} bytes; {why}), not train_gpt.py")
+    # logs
+    if not ctx.logs:
+        named = [f for f in ctx.files if f.endswith((".log", ".txt", ".tsv", ".csv", ".out"))]
+        r.add(
+            FAIL,
+            "no train log: no *.log/*.txt file shows a run (training steps or a final score)"
+            + (f"; files looked at: {', '.join(named[:6])}" if named else ""),
+        )
+    else:
+        logs = [s.path for s in ctx.logs]
+        r.add(PASS, f"{len(logs)} run log(s): {', '.join(logs[:6])}" + (" ..." if len(logs) > 6 else ""))
+    for rel in ctx.empty_logs:
+        r.add(FAIL if not ctx.logs else WARN, f"{rel} is empty")
+    for s in ctx.other_logs:
+        r.add(PASS, f"{s.path}: no run in it (a summary or notes), read as evidence only")
+    # README and the submission JSON
+    if "README.md" not in top:
+        readmes = [f for f in top if f.lower().startswith("readme")]
+        r.add(WARN, "README.md missing" + (f" (found {', '.join(readmes)})" if readmes else ""))
+    elif _size(ctx, "README.md") == 0:
+        r.add(WARN, "README.md is empty")
+    if ctx.submission_name is None:
+        r.add(WARN, "submission.json missing: the claimed score is not stated")
+    elif ctx.submission_name != "submission.json":
+        r.add(WARN, f"the submission JSON is named {ctx.submission_name}, not submission.json")
     for dropped, kept in ctx.duplicates:
         r.add(PASS, f"{dropped} is the same run as {kept} (counted once)")
 

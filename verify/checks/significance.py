@@ -24,21 +24,12 @@ RULE = "mean val_loss improves on the SOTA by >= 0.005 nats with p < 0.01 (one-s
 
 
 def per_seed_val_loss(ctx: Context) -> tuple[list[float], str, set[str]]:
-    """(values, where they came from, tokenizer names the logs mention)."""
+    """(values, where they came from, tokenizer names the logs mention): the claimed runs' val_loss."""
     sub = ctx.submission or {}
-    claimed = sub.get("seeds") if isinstance(sub.get("seeds"), list) else None
-    by_seed: dict = {}
-    for s in ctx.runs:
-        if s.val_loss is not None and math.isfinite(s.val_loss) and s.seed not in by_seed:
-            if claimed is None or s.seed in claimed or s.seed is None:
-                by_seed[s.seed] = s
-    toks = {os.path.basename(s.tokenizer_path) for s in by_seed.values() if s.tokenizer_path}
-    if by_seed:
-        return (
-            [s.val_loss for s in by_seed.values()],
-            "logs " + ", ".join(s.path for s in by_seed.values()),
-            toks,
-        )
+    runs = [c for c in ctx.match.runs if c.score.val_loss is not None and math.isfinite(c.score.val_loss)]
+    toks = {os.path.basename(c.log.tokenizer_path) for c in runs if c.log.tokenizer_path}
+    if runs:
+        return [c.score.val_loss for c in runs], "logs " + ", ".join(c.where for c in runs), toks
     sr = sub.get("seed_results")
     if isinstance(sr, dict):
         vals = [v.get("val_loss") for v in sr.values() if isinstance(v, dict)]

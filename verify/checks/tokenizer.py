@@ -1,5 +1,9 @@
 """Check 8: a tokenizer other than the official ones must not inflate the byte count.
 
+Statically (verify/bytetables.py): user-defined marker pieces counted as text, byte tables shipped in
+``.npz``/``.npy``/JSON or written into the code, and whether the code counts the original bytes from
+per-token sidecars (CaseOps-style ``fineweb_val_bytes_*.bin``: legal). With data:
+
 A tokenizer file in the folder (``*.model``) is compared by sha256 with the official SentencePiece
 models. When it differs and ``--data`` names the validation shards made with it, the bytes of the
 validation text are recomputed with ``trainer.bpb.ByteCounter`` (bytes of each scored target given
@@ -43,6 +47,10 @@ def run(ctx: Context) -> CheckResult:
     if ctx.folder is None:
         r.add(SKIP, "no folder")
         return r
+    from verify.bytetables import analyse
+
+    for status, text in analyse(ctx.folder, ctx.files, [(f.rel, f.text) for f in ctx.code.scan]):
+        r.add(status, text)
     files = [ctx.folder / f for f in ctx.files if f.endswith(".model")]
     named = sorted({os.path.basename(s.tokenizer_path) for s in ctx.logs if s.tokenizer_path})
     unofficial = [n for n in named if n not in OFFICIAL_TOKENIZER_NAMES]
@@ -50,6 +58,8 @@ def run(ctx: Context) -> CheckResult:
     if not files and given and os.path.basename(given) in unofficial:
         files = [Path(given)]  # the reviewer supplies the tokenizer the logs name
     if not files:
+        if r.findings:
+            return r
         if unofficial:
             r.add(
                 WARN,
