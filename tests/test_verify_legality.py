@@ -128,3 +128,46 @@ def test_the_1_0611_reference_record_passes():
     if real:
         res = legality(Path(real[0]))
         assert res.status == "PASS", [f.text for f in res.findings]
+
+
+
+_HELPER_SCORED = '''
+import torch
+
+
+def train_on(model, tokens, opt):
+    for i in range(0, len(tokens), 64):
+        model(tokens[i:i + 64], tokens[i + 1:i + 65]).mean().backward()
+        opt.step()
+
+
+class Runner:
+    def _score(self, nll, mask):
+        self.sums[0] += (nll.detach().double() * mask).sum()
+
+    def batch(self, model, x, y, opt):
+        nll = model(x, y)
+        self._score(nll, torch.ones_like(nll))
+        nll.mean().backward()
+        opt.step()
+
+    def run(self, model, val_tokens, opt):
+        {pre}
+        for i in range(0, len(val_tokens), 64):
+            self.batch(model, val_tokens[i:i + 64], val_tokens[i + 1:i + 65], opt)
+
+
+def eval_phased(model, val_tokens, opt):
+    r = Runner()
+    r.run(model, val_tokens, opt)
+    return r.sums
+'''
+
+
+def test_scoring_inside_helpers_counts_as_scoring_first():
+    """A score accumulated in a helper method (``run -> batch -> _score``) before the update is
+    score-first; training on the split before that scoring pass is still flagged."""
+    on, _off, _ = code_hits(_HELPER_SCORED.format(pre="pass"))
+    assert not [h for h in on if h.condition == "C3"], [h.render("x") for h in on]
+    on, _off, _ = code_hits(_HELPER_SCORED.format(pre="train_on(model, val_tokens, opt)"))
+    assert [h for h in on if h.condition == "C3"], "training on the split before scoring not caught"

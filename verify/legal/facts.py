@@ -32,6 +32,7 @@ SCORE_ACC = re.compile(
     r"(?:total|sum|n|num)_(?:loss|nll|bits|bytes|tokens|toks|byte_count)|byte_count|token_count|tok_count|"
     r"nll_total|bpb_sum)$"
 )
+NLL_NAME = re.compile(r"(?i)^(?:nll|token_nll|tok_nll|nll_\w+)$")
 SCORE_CALL = re.compile(r"(?i)accumulate|add_score|record_score|score_chunk|_bpb_update")
 OPTIM_RECV = re.compile(r"(?i)opt|optim|optimizer|sgd|adam|muon")
 
@@ -356,6 +357,11 @@ def _func_facts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
             tgt = name_of(st.target)
             if SCORE_ACC.search(tgt) or (
                 f.in_no_grad(st.lineno) and re.search(r"(?i)loss|nll|bits|byte|tok", tgt)
+            ) or (
+                # an accumulator (``sums[0] += ...``) of a per-token NLL: a score, grad or not
+                # (score-first TTT may score with the detached loss of the forward it then trains on)
+                re.search(r"(?i)sum|total|acc", tgt)
+                and any(NLL_NAME.search(n) for n in data_names(st.value))
             ):
                 f.scores.append(Stmt(st.lineno, st, f.closure(data_names(st.value), _pos(st))))
         elif isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
@@ -365,6 +371,25 @@ def _func_facts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> Func:
             if SCORE_CALL.search(n) or (n == "add_" and SCORE_ACC.search(recv)):
                 f.scores.append(Stmt(st.lineno, st, f.closure(data_names(c), _pos(st))))
     return f
+
+
+def _propagate_scores(facts: Facts, rounds: int = 4) -> None:
+    """A call to a function that accumulates a score is a score at the call's line (to a fixed
+    point): scoring split over helpers (``run() -> batch() -> _score()``) is still scoring."""
+    for _ in range(rounds):
+        changed = False
+        for f in facts.funcs:
+            have = {s.line for s in f.scores}
+            for line, name, _args, call in f.calls:
+                if line in have:
+                    continue
+                if any(g is not f and g.scores for g in facts.callee(name)):
+                    f.scores.append(Stmt(line, call, f.closure(data_names(call), line)))
+                    have.add(line)
+                    changed = True
+            f.scores.sort(key=lambda x: x.line)
+        if not changed:
+            return
 
 
 def collect(tree: ast.Module) -> Facts:
@@ -377,6 +402,7 @@ def collect(tree: ast.Module) -> Facts:
     for f in funcs:
         deps = set().union(*(b.deps for b in f.backward)) if f.backward else set()
         f.grad_params = {p for p in f.params if p in deps}
+    _propagate_scores(facts)
     for _ in range(3):
         changed = False
         for f in funcs:
