@@ -29,7 +29,7 @@ from trainer.quant import (
 
 @pytest.fixture(scope="module")
 def trained():
-    model = train_tiny(steps=150)
+    model = train_tiny(steps=100)
     batches = [synthetic_batch(torch.Generator().manual_seed(100 + i)) for i in range(8)]  # training data
     return model, collect_hessians(model, batches)
 
