@@ -11,8 +11,8 @@ Every state-dict entry falls in one class, decided by its name, then its shape:
   tables by name; anything unknown by shape) -> ``MATRIX_BITS``, ``MATRIX_CLIP_SIGMAS``
 - ``gate``:  attention output gates ``blocks.{i}.attn.{out_gate,attn_gate}.weight`` -> with
   ``GATE_BITS=8`` int8 per row, scale = max|row| / 127 (no Hessian, no clipping); else fp16
-- ``small``: everything else (gains, scales, lane-mix lambdas, skip weights, 1-D) -> stored as fp16;
-  buffers and integer tensors are stored exactly.
+- ``small``: everything else (gains, scales, lane-mix lambdas, skip weights, 1-D) -> stored as fp16.
+Buffers (whatever their class) and integer tensors are stored exactly; only parameters are quantized.
 A parameter that no name rule knows falls to a default class by shape (small -> fp16, large -> other,
 int6 GPTQ); ``quant_summary`` names each such parameter, so a new model tensor is never stored in a
 class by accident unnoticed. ``FP16_TENSORS`` (comma-separated ``fnmatch`` patterns;
@@ -430,7 +430,10 @@ def quantize_model(h, model: nn.Module, hessians: dict[str, torch.Tensor] | None
             defaulted[name] = cls
         shape = tuple(t.shape)
         keep16 = any(_fp16_pattern_match(name, p) for p in cfg.fp16_patterns)
-        if cls in QUANT_CLASSES and not keep16:
+        if not is_param and not keep16:  # buffers (e.g. tables) and integers: exact
+            data = t.detach().clone().cpu().contiguous()
+            tensors[name] = QTensor(name, cls, "raw", shape, t.dtype, data=data)
+        elif cls in QUANT_CLASSES and not keep16:
             bits, k = cfg.bits[cls], float(sig[cls])
             w = t.detach().reshape(-1, shape[-1])
             scale = row_scales(w, bits, k)
@@ -451,10 +454,7 @@ def quantize_model(h, model: nn.Module, hessians: dict[str, torch.Tensor] | None
             tensors[name] = QTensor(name, cls, "int", shape, t.dtype, bits=8, q=q.cpu().contiguous(),
                                     scale=scale.to(torch.float16).cpu().contiguous(), method="absmax")
         else:
-            if t.is_floating_point() and (is_param or keep16):
-                data = t.detach().to(torch.float16)
-            else:
-                data = t.detach().clone()  # buffers (e.g. rotary tables) and integers: exact
+            data = t.detach().to(torch.float16) if t.is_floating_point() else t.detach().clone()
             tensors[name] = QTensor(name, cls, "raw", shape, t.dtype, data=data.cpu().contiguous())
     # LQER on the tensors of largest error (ties: state-dict order)
     top = sorted(lqer_err, key=lambda n: -lqer_err[n])[: cfg.lqer_top_k]
