@@ -68,17 +68,10 @@ import brotli
 import numpy as np
 import torch
 
-from trainer.pergroup import (
-    PERGROUP_SORTED_ROLES,
-    PERGROUP_STREAM_BYTES,
-    CodecError,
-    column_major_bytes,
-    lrzip_binary,
-    lrzip_compress,
-    lrzip_decompress,
-    q_from_column_major,
-    weight_role,
-)
+# isort: off
+from trainer.pergroup import PERGROUP_SORTED_ROLES, PERGROUP_STREAM_BYTES, CodecError, column_major_bytes
+from trainer.pergroup import lrzip_binary, lrzip_compress, lrzip_decompress, q_from_column_major, weight_role
+# isort: on
 from trainer.quant import QUANT_CLASSES, TENSOR_CLASSES, QTensor, QuantizedModel
 
 try:  # optional: zstd is the alternative codec

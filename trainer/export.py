@@ -89,7 +89,7 @@ def calibration_batches(h, dist: DistInfo, pattern: str, deadline: float | None 
         yield x
 
 
-def _sync(dist: DistInfo) -> None:
+def _sync_device(dist: DistInfo) -> None:
     if dist.device.type == "cuda":
         torch.cuda.synchronize(dist.device)
 
@@ -111,7 +111,7 @@ def quantize_and_save(h, dist: DistInfo, log: RunLog, model: nn.Module, train_pa
             batches = calibration_batches(h, dist, train_pattern, deadline, clock, used)
             hessians = collect_hessians(model, batches)
         all_reduce_hessians_(hessians, dist.world_size)
-        _sync(dist)
+        _sync_device(dist)
     t_cal = clock()
     calib_s = t_cal - t0
     if h.gptq:
