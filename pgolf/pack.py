@@ -34,8 +34,8 @@ from pgolf.errors import PgolfError
 PACKAGE = "trainer"
 # Dependency order: a module may import only from modules before it.
 MODULE_ORDER: list[str] = [
-    "config", "dist", "runlog", "data", "bpb", "attention", "kernels", "model", "optim", "quant", "artifact",
-    "accounting", "evaluate", "ttt", "ttt_lora", "ttt_phased", "train", "export", "final", "main",
+    "config", "dist", "runlog", "data", "bpb", "attention", "kernels", "model", "optim", "quant", "pergroup",
+    "artifact", "accounting", "evaluate", "ttt", "ttt_lora", "ttt_phased", "train", "export", "final", "main",
 ]
 # trainer modules deliberately left out of the counted file (verifier-side tools)
 NOT_BUNDLED: list[str] = ["probes"]

@@ -121,7 +121,7 @@ def test_write_is_atomic(setup, tmp_path, monkeypatch):
 
 
 def build_file(header: dict, segments: list[bytes], codec: str = "brotli", raw_len: int | None = None,
-               version: int = 1, magic: bytes = ARTIFACT_MAGIC, header_raw_len: int | None = None) -> bytes:
+               version: int = 2, magic: bytes = ARTIFACT_MAGIC, header_raw_len: int | None = None) -> bytes:
     """An artifact assembled by hand, with a valid checksum (to reach the later checks)."""
     hjson = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     h = brotli.compress(hjson) if codec == "brotli" else zstandard.ZstdCompressor().compress(hjson)
@@ -170,7 +170,7 @@ def test_refuses_corrupted_truncated_and_foreign_files(setup, tmp_path):
     refused(tmp_path, b"\x80\x02}q\x00(X" * 20, "wrong magic")  # a pickle is not an artifact
     refused(tmp_path, b"", "empty file")
     header, segs = split(blob)
-    refused(tmp_path, build_file(header, segs, version=2), "unsupported format version 2")
+    refused(tmp_path, build_file(header, segs, version=3), "unsupported format version 3")
     refused(tmp_path, build_file(header, segs, codec="lz4"), "unknown codec id 9")
     with pytest.raises(ArtifactError, match="cannot read artifact"):
         load_artifact(str(tmp_path / "missing.ptz"))
@@ -196,7 +196,8 @@ def test_refuses_a_stream_longer_than_declared(tmp_path, codec):
         comp = zstandard.ZstdCompressor(level=3).compress(bomb)
     tensor = {"name": "x", "cls": "small", "kind": "raw", "shape": [100], "dtype": "uint8", "bits": 0,
               "method": "", "clip_sigmas": 0.0, "parts": [["data", "uint8", 0, 0, 100]]}
-    header = {"format": "pgolf-qmodel", "segments": [{"cls": "small", "raw": 100, "comp": len(comp)}],
+    seg = {"cls": "small", "codec": codec, "raw": 100, "comp": len(comp)}
+    header = {"format": "pgolf-qmodel", "segments": [seg],
               "tensors": [tensor], "aliases": {}, "meta": {}}
     refused(tmp_path, build_file(header, [comp], codec=codec), "decompresses to more bytes, declared 100")
 

@@ -1,5 +1,6 @@
-"""trainer/quant.py on a tiny trained stand-in GPT: GPTQ vs round-to-nearest, storage classes,
-Hessians, the clip search and ±1 pruning."""
+"""trainer/quant.py on a tiny trained stand-in GPT: GPTQ vs round-to-nearest, storage classes
+(per-class clips and bits, int8 gates, the default class and its report), Hessians, the clip
+search and ±1 pruning."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from conftest_quant import TinyGPT, qconfig, synthetic_batch, train_tiny
 
 from trainer.quant import (
     QuantConfig,
+    classify_tensor,
     collect_hessians,
     dequantize_into,
     dequantize_state_dict,
@@ -214,3 +216,71 @@ def test_stand_in_follows_the_contract():
     m = TinyGPT()
     names = dict(m.named_parameters())
     assert "tok_emb.weight" in names and "blocks.0.attn.c_q.weight" in names and "lm_head.weight" not in names
+
+
+def test_clip_sigmas_and_bits_per_class(trained):
+    model, hess = trained
+    m = copy.deepcopy(model)
+    m.bigram = torch.nn.Module()
+    m.bigram.embed = torch.nn.Embedding(1024, 64)  # a known "other" matrix (BigramHash table)
+    qm = quantize_model(qconfig(attn_clip_sigmas=9.0, mlp_clip_sigmas=11.5, embed_clip_sigmas=14.0,
+                                matrix_clip_sigmas=20.0, embed_bits=7), m, hess)
+    t = qm.tensors
+    assert t["blocks.0.attn.c_k.weight"].clip_sigmas == 9.0
+    assert t["blocks.0.mlp.proj.weight"].clip_sigmas == 11.5
+    assert t["tok_emb.weight"].clip_sigmas == 14.0 and t["tok_emb.weight"].bits == 7
+    assert int(t["tok_emb.weight"].q.abs().max()) <= 63
+    other = t["bigram.embed.weight"]
+    assert other.cls == "other" and other.clip_sigmas == 20.0 and other.bits == 6 and other.method == "rtn"
+    # the scale is k * std(row) / qmax with each class's own k
+    w = model.blocks[0].attn.c_k.weight.detach()
+    torch.testing.assert_close(t["blocks.0.attn.c_k.weight"].scale.float(), row_scales(w, 6, 9.0))
+    assert qm.meta["clip_sigmas"] == {"attn": 9.0, "mlp": 11.5, "embed": 14.0, "other": 20.0}
+    assert "defaulted" not in qm.meta
+
+
+@pytest.mark.parametrize("gate_bits", [0, 8])
+def test_attention_output_gates_int8_per_row(gate_bits):
+    model = TinyGPT(gates=True)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.attn.out_gate.weight.copy_(torch.randn(b.attn.out_gate.weight.shape, generator=g))
+    hess = collect_hessians(model, [synthetic_batch(torch.Generator().manual_seed(1))])
+    qm = quantize_model(qconfig(gate_bits=gate_bits), model, hess)
+    t = qm.tensors["blocks.1.attn.out_gate.weight"]
+    w = model.blocks[1].attn.out_gate.weight.detach()
+    assert t.cls == "gate" and w.shape == (4, 12)
+    if gate_bits == 0:  # fp16 like the other small tensors
+        assert t.kind == "raw" and t.data.dtype == torch.float16
+        return
+    assert t.kind == "int" and t.bits == 8 and t.method == "absmax" and t.scale.dtype == torch.float16
+    assert int(t.q.abs().max()) == 127  # no clipping: each row's largest value is +-127
+    step = t.scale.float()[:, None]
+    assert bool(((t.q.float() * step - w).abs() <= step * (0.5 + 127 * 2.0 ** -10)).all())
+    cands = prune_candidates(qm, hess)
+    assert "blocks.1.attn.out_gate.weight" not in cands.names  # gates are never pruned
+    assert any("absmax (int8): blocks.attn.out_gate.weight" in line for line in quant_summary(qm))
+    with pytest.raises(ValueError, match="GATE_BITS=6"):
+        QuantConfig.from_hparams(qconfig(gate_bits=6))
+
+
+def test_unknown_tensors_fall_to_a_default_class_and_are_named(trained):
+    model, hess = trained
+    m = copy.deepcopy(model)
+    m.mystery_vec = torch.nn.Parameter(torch.randn(64))  # unknown small -> fp16
+    m.lane_lambdas = torch.nn.Parameter(torch.ones(2, 64))  # a known kind of small control tensor
+    m.extra_proj = torch.nn.Parameter(torch.randn(512, 256) * 0.02)  # unknown matrix -> other, int6
+    m.register_buffer("big_table", torch.randn(300, 300))  # a buffer: stored exactly, not reported
+    qm = quantize_model(qconfig(), m, hess)
+    t = qm.tensors
+    assert (t["mystery_vec"].cls, t["mystery_vec"].kind, t["mystery_vec"].data.dtype) == ("small", "raw",
+                                                                                       torch.float16)
+    assert t["extra_proj"].cls == "other" and t["extra_proj"].kind == "int" and t["extra_proj"].bits == 6
+    assert t["big_table"].kind == "raw" and t["big_table"].data.dtype == torch.float32
+    assert qm.meta["defaulted"] == {"mystery_vec": "small", "extra_proj": "other"}
+    (line,) = [x for x in quant_summary(qm) if "default class" in x]
+    assert "mystery_vec -> small (float16)" in line and "extra_proj -> other (int6 rtn)" in line
+    assert classify_tensor("blocks.3.attn.out_gate.weight", torch.zeros(8, 12)) == ("gate", False)
+    assert classify_tensor("parallel_post_lambdas", torch.zeros(2, 512)) == ("small", False)
+    assert classify_tensor("blocks.0.new.thing", torch.zeros(3, 8, 4096)) == ("other", True)

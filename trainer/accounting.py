@@ -2,8 +2,10 @@
 
 Total = bytes of the counted code file (the ``train_gpt.py`` being run) + bytes of the compressed
 model file, both as sizes on disk; the limit is decimal (16,000,000). ``fit_to_limit`` prunes
-quantized ±1 values (cheapest Hessian cost first) until the encoded model fits, and raises
-``LimitError`` rather than return an over-limit artifact.
+quantized ±1 values of the GPTQ classes (cheapest Hessian cost first; never gates) until the
+encoded model fits, and raises ``LimitError`` rather than return an over-limit artifact. Each
+pruning round re-encodes the whole model: with ``COMPRESSOR=pergroup`` and lrzip that is slow
+(ZPAQ runs at ~0.3 MB/s per stream), so a run that must prune should leave clip sigmas room.
 """
 
 from __future__ import annotations
@@ -164,6 +166,11 @@ def _entropy_target(seen: list[tuple[float, float]], want: float) -> float:
 
 
 def classes_summary(class_bytes: dict[str, int]) -> str:
-    """One log line: compressed bytes per tensor class."""
-    keys = ["attn", "mlp", "embed", "other", "small", "header"]
+    """One log line: compressed bytes per segment class (LQER factors as ``lqer``)."""
+    keys = ["attn", "mlp", "embed", "other", "gate", "small", "lqer", "header"]
     return "bytes_by_class " + " ".join(f"{k}:{class_bytes.get(k, 0)}" for k in keys)
+
+
+def groups_summary(group_bytes: dict[str, int]) -> str:
+    """One log line: compressed bytes per stored group and its codec (``q:mlp.fc.weight[lrzip]``)."""
+    return "bytes_by_group " + " ".join(f"{k}:{v}" for k, v in group_bytes.items())

@@ -1,24 +1,39 @@
-"""Post-training quantization: full-Hessian GPTQ with standard-deviation clipping.
+"""Post-training quantization: full-Hessian GPTQ with standard-deviation clipping, int8 gates and
+LQER low-rank corrections.
 
-Every weight tensor falls in one class, decided by its name (the model contract in docs/design.md):
+Every state-dict entry falls in one class, decided by its name, then its shape:
 
-- ``attn``:  ``blocks.{i}.attn.{c_q,c_k,c_v,proj}.weight`` -> ``MATRIX_BITS`` (int6),
-  k = ``MATRIX_CLIP_SIGMAS``
+- ``attn``:  ``blocks.{i}.attn.{c_q,c_k,c_v,proj}.weight`` -> ``MATRIX_BITS`` (int6), k = ``ATTN_CLIP_SIGMAS``
 - ``mlp``:   ``blocks.{i}.mlp.{fc,proj}.weight`` -> ``MLP_BITS`` (int6; int5 option), ``MLP_CLIP_SIGMAS``
-- ``embed``: ``tok_emb.weight`` (and an untied ``lm_head.weight``) -> ``EMBED_BITS`` (int8),
-  ``EMBED_CLIP_SIGMAS``
-- ``other``: any other floating 2-D tensor of at least ``SMALL_NUMEL`` values -> like ``attn``
-- ``small``: everything else (gains, scales, gates, norms, 1-D) -> stored as fp16;
-  buffers and integer tensors are stored exactly.
-``FP16_TENSORS`` (comma-separated ``fnmatch`` patterns; ``blocks.10.attn.c_k`` also matches its
-``.weight``) keeps chosen tensors in fp16 whatever their class.
+- ``embed``: ``tok_emb.weight`` (and an untied ``lm_head.weight``) -> ``EMBED_BITS`` (int8; int7 in
+  pr1855), ``EMBED_CLIP_SIGMAS``
+- ``other``: any other floating tensor of 2+ dims and at least ``SMALL_NUMEL`` values (BigramHash
+  tables by name; anything unknown by shape) -> ``MATRIX_BITS``, ``MATRIX_CLIP_SIGMAS``
+- ``gate``:  attention output gates ``blocks.{i}.attn.{out_gate,attn_gate}.weight`` -> with
+  ``GATE_BITS=8`` int8 per row, scale = max|row| / 127 (no Hessian, no clipping); else fp16
+- ``small``: everything else (gains, scales, lane-mix lambdas, skip weights, 1-D) -> stored as fp16.
+Buffers (whatever their class) and integer tensors are stored exactly; only parameters are quantized.
+A parameter that no name rule knows falls to a default class by shape (small -> fp16, large -> other,
+int6 GPTQ); ``quant_summary`` names each such parameter, so a new model tensor is never stored in a
+class by accident unnoticed. ``FP16_TENSORS`` (comma-separated ``fnmatch`` patterns;
+``blocks.10.attn.c_k`` also matches its ``.weight``) keeps chosen tensors in fp16 whatever their class.
 
 A quantized tensor is ``q`` (int8 holding values in [-qmax, qmax], qmax = 2**(bits-1) - 1) and a
-per-row fp16 ``scale``; it dequantizes to ``q * scale``. The clip is ``k * std(row)`` (scale =
-clip / qmax): a wider clip lowers the entropy of ``q`` and so the compressed size (see the
-2026-04-05 SDClip record). GPTQ quantizes columns in order (optionally by decreasing Hessian
-diagonal, "act order") and spreads each column's rounding error over the not-yet-quantized ones
-using the inverse Hessian of the layer inputs; ``GPTQ=0`` rounds to nearest with the same scales.
+per-row fp16 ``scale``; it dequantizes to ``q * scale`` (a tensor of more than 2 dims is quantized
+as [prod(leading dims), last dim]). The clip is ``k * std(row)`` (scale = clip / qmax): a wider clip
+lowers the entropy of ``q`` and so the compressed size (see the 2026-04-05 SDClip record). GPTQ
+quantizes columns in order (optionally by decreasing Hessian diagonal, "act order") and spreads each
+column's rounding error over the not-yet-quantized ones using the inverse Hessian of the layer
+inputs; ``GPTQ=0`` rounds to nearest with the same scales.
+
+LQER (``LQER_RANK`` r > 0, PR #1797): for the ``LQER_TOP_K`` GPTQ tensors with the largest
+quantization error ||W - q*scale||_F, the error's truncated SVD ``U_r S_r V_r^T`` is stored as two
+factors, ``A = (U_r S_r)^T`` [r, rows] and ``B = V_r^T`` [r, cols], each quantized to
+``LQER_FACTOR_BITS`` b bits in groups of ``LQER_GROUP`` consecutive values of one rank component
+(a whole component if the group does not divide its length): integer range [-2**(b-1), 2**(b-1)-1]
+(the asymmetric range of PR #1797's factors, all 2**b levels used), scale = max|group| / (2**(b-1) - 1/2)
+in fp16. Dequantization adds ``A^T @ B`` to ``q * scale``. (PR #1797 stores A as int2 with one scale
+per matrix; here both factors use the same b-bit grouped code: a few KB more, a closer correction.)
 
 Hessians come from forward passes over calibration batches of TRAINING data only
 (``collect_hessians``); the validation split must never be used here.
@@ -36,21 +51,26 @@ import torch.nn as nn
 
 from trainer.dist import all_reduce_
 
-SMALL_NUMEL = 65_536  # "other" 2-D tensors below this size stay in fp16
-QUANT_CLASSES = ("attn", "mlp", "embed", "other")
-TENSOR_CLASSES = ("attn", "mlp", "embed", "other", "small")
+SMALL_NUMEL = 65_536  # floating tensors below this size (unless named as a matrix class) stay in fp16
+QUANT_CLASSES = ("attn", "mlp", "embed", "other")  # GPTQ / round-to-nearest with SD clipping
+TENSOR_CLASSES = ("attn", "mlp", "embed", "other", "gate", "small")
 _ATTN_RE = re.compile(r"^blocks\.\d+\.attn\.(c_q|c_k|c_v|proj)\.weight$")
 _MLP_RE = re.compile(r"^blocks\.\d+\.mlp\.(fc|proj)\.weight$")
+_GATE_RE = re.compile(r"^blocks\.\d+\.attn\.(out_gate|attn_gate)\.weight$")
 _EMBED_NAMES = ("tok_emb.weight", "lm_head.weight")
+_OTHER_RE = re.compile(r"^bigram\.(embed|proj)\.weight$")  # matrices known to be "other"
+# names of the model's small control tensors (gains, scales, mixes, lambdas, skip weights, smear gate)
+_SMALL_RE = re.compile(r"(gain|scale|mix|lambda|lane|skip|gate|smear|norm|bias)|(^|\.)lam$")
 
 
 @dataclass
 class QTensor:
     """One state-dict entry as stored in the artifact.
 
-    ``kind == "int"``: ``q`` (int8 [rows, cols]) and ``scale`` (fp16 [rows]); ``kind == "raw"``:
-    ``data`` (any dtype, e.g. fp16 for small float parameters). ``dtype`` is the original dtype,
-    restored on dequantization.
+    ``kind == "int"``: ``q`` (int8 [rows, cols]) and ``scale`` (fp16 [rows]), plus, with LQER, the
+    factors ``lqer_a`` (int8 [r, rows]) and ``lqer_b`` (int8 [r, cols]) with their fp16 group
+    scales ``lqer_a_scale`` / ``lqer_b_scale``; ``kind == "raw"``: ``data`` (any dtype, e.g. fp16
+    for small float parameters). ``dtype`` is the original dtype, restored on dequantization.
     """
 
     name: str
@@ -62,8 +82,17 @@ class QTensor:
     q: torch.Tensor | None = None
     scale: torch.Tensor | None = None
     data: torch.Tensor | None = None
-    method: str = ""  # "gptq" | "rtn" | "" (raw)
+    method: str = ""  # "gptq" | "rtn" | "absmax" (gates) | "" (raw)
     clip_sigmas: float = 0.0
+    lqer_bits: int = 0  # 0: no LQER correction
+    lqer_a: torch.Tensor | None = None
+    lqer_a_scale: torch.Tensor | None = None
+    lqer_b: torch.Tensor | None = None
+    lqer_b_scale: torch.Tensor | None = None
+
+    @property
+    def lqer_rank(self) -> int:
+        return 0 if self.lqer_a is None else int(self.lqer_a.shape[0])
 
 
 @dataclass
@@ -80,42 +109,70 @@ class QuantizedModel:
 class QuantConfig:
     """The quantization knobs, from the run's hyperparameters (``QuantConfig.from_hparams(h)``)."""
 
-    bits: dict[str, int]
+    bits: dict[str, int]  # per class; bits["gate"] == 0: gates stay fp16
     clip_sigmas: dict[str, float]
     fp16_patterns: list[str]
     gptq: bool = True
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = True
+    lqer_rank: int = 0
+    lqer_top_k: int = 0
+    lqer_bits: int = 4
+    lqer_group: int = 64
 
     @classmethod
     def from_hparams(cls, h) -> QuantConfig:
-        bits = {"attn": h.matrix_bits, "mlp": h.mlp_bits, "embed": h.embed_bits, "other": h.matrix_bits}
-        sig = {"attn": h.matrix_clip_sigmas, "mlp": h.mlp_clip_sigmas, "embed": h.embed_clip_sigmas,
-               "other": h.matrix_clip_sigmas}
+        bits = {"attn": h.matrix_bits, "mlp": h.mlp_bits, "embed": h.embed_bits, "other": h.matrix_bits,
+                "gate": int(getattr(h, "gate_bits", 0))}
+        sig = {"attn": getattr(h, "attn_clip_sigmas", h.matrix_clip_sigmas), "mlp": h.mlp_clip_sigmas,
+               "embed": h.embed_clip_sigmas, "other": h.matrix_clip_sigmas}
         for c, b in bits.items():
-            if not 2 <= int(b) <= 8:
-                raise ValueError(f"{c} bits = {b}: must be between 2 and 8 (values are stored as int8)")
+            if not 2 <= int(b) <= 8 and not (c == "gate" and int(b) == 0):
+                raise ValueError(f"{c} bits = {b}: must be between 2 and 8 (values are stored as int8)"
+                                 + ("; GATE_BITS=0 keeps gates in fp16" if c == "gate" else ""))
+        if bits["gate"] not in (0, 8):
+            raise ValueError(f"GATE_BITS={bits['gate']}: 8 (int8 per row) or 0 (fp16)")
         for c, k in sig.items():
             if not float(k) > 0:
                 raise ValueError(f"{c} clip sigmas = {k}: must be > 0")
+        rank, top_k = int(getattr(h, "lqer_rank", 0)), int(getattr(h, "lqer_top_k", 0))
+        lbits, group = int(getattr(h, "lqer_factor_bits", 4)), int(getattr(h, "lqer_group", 64))
+        if rank < 0 or top_k < 0:
+            raise ValueError(f"LQER_RANK={rank}, LQER_TOP_K={top_k}: must be >= 0")
+        if rank > 0 and not (2 <= lbits <= 8 and group >= 1):
+            raise ValueError(f"LQER_FACTOR_BITS={lbits}, LQER_GROUP={group}: need 2..8 bits and a group >= 1")
         pats = [p.strip() for p in str(getattr(h, "fp16_tensors", "") or "").split(",") if p.strip()]
         return cls(bits=bits, clip_sigmas=sig, fp16_patterns=pats, gptq=bool(h.gptq),
                    block_size=int(h.gptq_block_size), damp=float(h.gptq_damp),
-                   act_order=bool(getattr(h, "gptq_act_order", True)))
+                   act_order=bool(getattr(h, "gptq_act_order", True)), lqer_rank=rank, lqer_top_k=top_k,
+                   lqer_bits=lbits, lqer_group=group)
+
+
+def classify_tensor(name: str, t: torch.Tensor) -> tuple[str, bool]:
+    """``(class, by_default)``: the class of a state-dict entry (module docstring) and whether only
+    the default rule by shape placed it (no name rule knows it)."""
+    if not t.is_floating_point():
+        return "small", False  # integer buffers: stored exactly
+    if t.dim() == 2:
+        if _ATTN_RE.match(name):
+            return "attn", False
+        if _MLP_RE.match(name):
+            return "mlp", False
+        if name in _EMBED_NAMES:
+            return "embed", False
+        if _GATE_RE.match(name):
+            return "gate", False
+        if _OTHER_RE.match(name):
+            return "other", False
+    if t.dim() >= 2 and t.numel() >= SMALL_NUMEL:
+        return "other", True
+    return "small", not _SMALL_RE.search(name)
 
 
 def tensor_class(name: str, t: torch.Tensor) -> str:
-    """The class of a state-dict entry: attn | mlp | embed | other | small."""
-    if not t.is_floating_point() or t.dim() != 2:
-        return "small"
-    if _ATTN_RE.match(name):
-        return "attn"
-    if _MLP_RE.match(name):
-        return "mlp"
-    if name in _EMBED_NAMES:
-        return "embed"
-    return "other" if t.numel() >= SMALL_NUMEL else "small"
+    """The class of a state-dict entry: attn | mlp | embed | other | gate | small."""
+    return classify_tensor(name, t)[0]
 
 
 def _fp16_pattern_match(name: str, pat: str) -> bool:
@@ -264,12 +321,65 @@ def _inverse_hessian_chol(H: torch.Tensor, damp: float) -> torch.Tensor:
     raise ValueError("GPTQ: Hessian is not positive definite even with heavy damping")
 
 
+def quantize_gate_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 per row for gates: scale = max|row| / 127 in fp16 (``(q, scale)``, scale returned as
+    fp32 holding the fp16 value). No clipping: a gate's few values all matter."""
+    s = (w.float().abs().amax(dim=1) / 127.0).clamp(min=2.0 ** -24, max=65504.0).to(torch.float16).float()
+    return torch.clamp(torch.round(w.float() / s[:, None]), -127, 127).to(torch.int8), s
+
+
+def quantize_groups(x: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LQER factor code: ``x`` [r, n] in groups of ``group`` consecutive values of a row (the whole
+    row if ``group`` does not divide n), integers in [-2**(bits-1), 2**(bits-1)-1], one fp16 scale
+    max|group| / (2**(bits-1) - 1/2) per group. Returns ``(q int8 [r, n], scale fp16 [groups])``."""
+    r, n = x.shape
+    g = group if n % group == 0 else n
+    xf = x.float().reshape(-1, g)
+    half = 2 ** (bits - 1)
+    s = (xf.abs().amax(dim=1) / (half - 0.5)).clamp(min=2.0 ** -24, max=65504.0).to(torch.float16)
+    q = torch.clamp(torch.round(xf / s.float()[:, None]), -half, half - 1).to(torch.int8)
+    return q.reshape(r, n), s
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``quantize_groups`` (fp32 [r, n]); the group size is numel / number of scales."""
+    g = q.numel() // max(scale.numel(), 1)
+    return (q.float().reshape(-1, g) * scale.float()[:, None]).reshape(q.shape)
+
+
+def lqer_correction(t: QTensor) -> torch.Tensor | None:
+    """``A^T @ B`` (fp32 [rows, cols]) of a tensor with LQER factors, else None."""
+    if t.lqer_a is None:
+        return None
+    a = dequantize_groups(t.lqer_a, t.lqer_a_scale)
+    b = dequantize_groups(t.lqer_b, t.lqer_b_scale)
+    return a.t() @ b
+
+
 def dequantize_tensor(t: QTensor) -> torch.Tensor:
     """The stored tensor as the model sees it (original dtype)."""
     if t.kind == "int":
         w = t.q.float() * t.scale.float()[:, None]
+        corr = lqer_correction(t)
+        if corr is not None:
+            w = w + corr
         return w.reshape(t.shape).to(t.dtype)
     return t.data.reshape(t.shape).to(t.dtype)
+
+
+def add_lqer_(t: QTensor, w: torch.Tensor, rank: int, bits: int, group: int) -> None:
+    """Attach to ``t`` the rank-``rank`` LQER factors of its quantization error against ``w``."""
+    w2 = w.detach().float().reshape(t.q.shape)
+    err = w2 - (t.q.float() * t.scale.float()[:, None]).to(w2.device)
+    U, S, Vh = torch.linalg.svd(err, full_matrices=False)
+    r = min(rank, int(S.numel()))
+    a = (U[:, :r] * S[:r]).t().contiguous()  # [r, rows]: the singular values go with the row factor
+    b = Vh[:r].contiguous()  # [r, cols]
+    qa, sa = quantize_groups(a, bits, group)
+    qb, sb = quantize_groups(b, bits, group)
+    t.lqer_bits = bits
+    t.lqer_a, t.lqer_a_scale = qa.cpu().contiguous(), sa.cpu().contiguous()
+    t.lqer_b, t.lqer_b_scale = qb.cpu().contiguous(), sb.cpu().contiguous()
 
 
 def hessian_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor | None) -> float:
@@ -290,7 +400,9 @@ def quantize_model(h, model: nn.Module, hessians: dict[str, torch.Tensor] | None
     """Quantize ``model.state_dict()`` by class (module docstring). ``h``: the run's
     hyperparameters (or a ``QuantConfig``); ``hessians`` from ``collect_hessians`` (tensors
     without one, or all with ``GPTQ=0``, are rounded to nearest); ``clip_sigmas`` overrides k per
-    class (e.g. from ``search_clip_sigmas``)."""
+    class (e.g. from ``search_clip_sigmas``). With LQER on, the ``LQER_TOP_K`` quantized tensors
+    of largest error get their low-rank correction. ``meta["defaulted"]`` lists the parameters
+    that only the default rule classified."""
     cfg = h if isinstance(h, QuantConfig) else QuantConfig.from_hparams(h)
     sig = dict(cfg.clip_sigmas)
     sig.update(clip_sigmas or {})
@@ -303,6 +415,8 @@ def quantize_model(h, model: nn.Module, hessians: dict[str, torch.Tensor] | None
     tensors: dict[str, QTensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
+    defaulted: dict[str, str] = {}
+    lqer_err: dict[str, float] = {}
     for name, t in sd.items():
         key = (t.data_ptr(), tuple(t.shape), t.dtype, tuple(t.stride())) if t.numel() else None
         if key is not None and key in seen:
@@ -310,12 +424,18 @@ def quantize_model(h, model: nn.Module, hessians: dict[str, torch.Tensor] | None
             continue
         if key is not None:
             seen[key] = name
-        cls = tensor_class(name, t)
+        cls, by_default = classify_tensor(name, t)
+        is_param = name in param_names
+        if by_default and is_param:
+            defaulted[name] = cls
         shape = tuple(t.shape)
         keep16 = any(_fp16_pattern_match(name, p) for p in cfg.fp16_patterns)
-        if cls in QUANT_CLASSES and not keep16:
+        if not is_param and not keep16:  # buffers (e.g. tables) and integers: exact
+            data = t.detach().clone().cpu().contiguous()
+            tensors[name] = QTensor(name, cls, "raw", shape, t.dtype, data=data)
+        elif cls in QUANT_CLASSES and not keep16:
             bits, k = cfg.bits[cls], float(sig[cls])
-            w = t.detach()
+            w = t.detach().reshape(-1, shape[-1])
             scale = row_scales(w, bits, k)
             H = hessians.get(name)
             if cfg.gptq and H is not None:
@@ -326,15 +446,27 @@ def quantize_model(h, model: nn.Module, hessians: dict[str, torch.Tensor] | None
             tensors[name] = QTensor(name, cls, "int", shape, t.dtype, bits=bits, q=q.cpu().contiguous(),
                                     scale=scale.to(torch.float16).cpu().contiguous(), method=method,
                                     clip_sigmas=k)
+            if cfg.lqer_rank > 0 and cfg.lqer_top_k > 0:
+                deq = (q.float() * scale.to(w.device)[:, None])
+                lqer_err[name] = float(torch.linalg.vector_norm(w.float() - deq))
+        elif cls == "gate" and cfg.bits["gate"] == 8 and not keep16:
+            q, scale = quantize_gate_rows(t.detach().reshape(-1, shape[-1]))
+            tensors[name] = QTensor(name, cls, "int", shape, t.dtype, bits=8, q=q.cpu().contiguous(),
+                                    scale=scale.to(torch.float16).cpu().contiguous(), method="absmax")
         else:
-            is_param = name in param_names
-            if t.is_floating_point() and (is_param or keep16):
-                data = t.detach().to(torch.float16)
-            else:
-                data = t.detach().clone()  # buffers (e.g. rotary tables) and integers: exact
+            data = t.detach().to(torch.float16) if t.is_floating_point() else t.detach().clone()
             tensors[name] = QTensor(name, cls, "raw", shape, t.dtype, data=data.cpu().contiguous())
+    # LQER on the tensors of largest error (ties: state-dict order)
+    top = sorted(lqer_err, key=lambda n: -lqer_err[n])[: cfg.lqer_top_k]
+    for name in top:
+        add_lqer_(tensors[name], sd[name], cfg.lqer_rank, cfg.lqer_bits, cfg.lqer_group)
     meta = {"gptq": cfg.gptq, "act_order": cfg.act_order, "bits": dict(cfg.bits),
             "clip_sigmas": {c: float(v) for c, v in sig.items()}}
+    if cfg.lqer_rank > 0 and cfg.lqer_top_k > 0:
+        meta["lqer"] = {"rank": cfg.lqer_rank, "top_k": cfg.lqer_top_k, "bits": cfg.lqer_bits,
+                        "group": cfg.lqer_group, "tensors": [n for n in tensors if n in top]}
+    if defaulted:
+        meta["defaulted"] = defaulted
     return QuantizedModel(tensors=tensors, aliases=aliases, meta=meta)
 
 
@@ -359,18 +491,34 @@ def dequantize_into(model: nn.Module, qm: QuantizedModel) -> nn.Module:
     return model
 
 
+def _layerless(name: str) -> str:
+    return re.sub(r"\.\d+\.", ".", name)
+
+
 def quant_summary(qm: QuantizedModel) -> list[str]:
-    """Log lines like the records': which tensors went through which method at which bits."""
+    """Log lines like the records': which tensors went through which method at which bits, which
+    got an LQER correction, and every parameter that only the default rule classified."""
     groups: dict[tuple[str, int], list[str]] = {}
     for t in qm.tensors.values():
         if t.kind == "int":
-            groups.setdefault((t.method, t.bits), []).append(re.sub(r"\.\d+\.", ".", t.name))
+            key = (t.method + (f"+lqer(r{t.lqer_rank},int{t.lqer_bits})" if t.lqer_rank else ""), t.bits)
+            groups.setdefault(key, []).append(t.name if t.lqer_rank else _layerless(t.name))
     lines = ["Quantized weights:"]
     for (method, bits), names in sorted(groups.items()):
         lines.append(f"  {method} (int{bits}): {', '.join(sorted(set(names)))}")
-    raw16 = sorted({t.name for t in qm.tensors.values() if t.kind == "raw" and t.data.dtype == torch.float16})
+    raw16 = sorted({_layerless(t.name) for t in qm.tensors.values()
+                    if t.kind == "raw" and t.data.dtype == torch.float16})
     if raw16:
-        lines.append(f"  passthrough (float16): {len(raw16)} tensors")
+        n16 = sum(1 for t in qm.tensors.values() if t.kind == "raw" and t.data.dtype == torch.float16)
+        lines.append(f"  passthrough (float16): {n16} tensors: {', '.join(raw16)}")
+    defaulted = qm.meta.get("defaulted") or {}
+    if defaulted:
+        desc = []
+        for name, cls in defaulted.items():
+            t = qm.tensors.get(name)
+            how = f"int{t.bits} {t.method}" if t is not None and t.kind == "int" else "float16"
+            desc.append(f"{name} -> {cls} ({how})")
+        lines.append(f"  default class (no name rule knows them): {'; '.join(desc)}")
     return lines
 
 
@@ -508,7 +656,7 @@ def prune_candidates(qm: QuantizedModel, hessians: dict[str, torch.Tensor] | Non
     hessians = hessians or {}
     names, tids, flats, pos, costs, hists = [], [], [], [], [], []
     for name, t in qm.tensors.items():
-        if t.kind != "int":
+        if t.kind != "int" or t.cls not in QUANT_CLASSES:  # gates are few values, each one matters
             continue
         q = t.q
         idx = (q.abs() == 1).reshape(-1).nonzero().squeeze(1)
