@@ -61,13 +61,15 @@ def test_artifact_is_written_and_accounted(run):
     assert art["headroom_bytes"] == 16_000_000 - art["total_bytes"] and art["pruned_values"] == 0
     assert sum(art["bytes_by_class"].values()) <= art["model_bytes"]
     text = (run / "t.log").read_text()
-    assert f"Total submission size quantized+brotli: {art['total_bytes']} bytes" in text
+    assert art["codec"] == "pergroup"  # the tiny preset runs the default stack's codec
+    assert f"Total submission size quantized+pergroup: {art['total_bytes']} bytes" in text
 
 
 def test_final_phases_score_from_the_artifact(run):
     log = run / "t.log"
     phases = [e["phase"] for e in events_of(log, "eval")]
-    assert phases == ["prequant_ema", "quantized", "sliding_window", "ttt"]
+    # the default stack: no sliding window, the phased LoRA TTT pass is the score
+    assert phases == ["prequant_ema", "quantized", "ttt"]
     (final,) = events_of(log, "final")
     ttt = events_of(log, "eval")[-1]
     assert final["phase"] == "ttt" and final["val_bpb"] == ttt["val_bpb"]
@@ -78,7 +80,7 @@ def test_final_phases_score_from_the_artifact(run):
     timed = [e["eval_time_ms"] for e in events_of(log, "eval")[1:]]
     assert final["eval_time_ms"] >= sum(timed) > 0  # the diagnostic pre-quant eval is not counted
     text = log.read_text()
-    assert "total_eval_time:" in text and "ttt_progress chunk:1/" in text
+    assert "total_eval_time:" in text and "ttt_lora segment:1/" in text and "ttt_phased_done" in text
 
 
 def test_eval_only_reproduces_without_training_data(run, data, tmp_path):

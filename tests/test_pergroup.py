@@ -142,8 +142,11 @@ def test_an_lrzip_artifact_without_the_binary_fails_in_one_line(setup, tmp_path,
 
 
 @needs_lrzip
-def test_bad_lrzip_streams_fail_in_one_line(setup, tmp_path):
+def test_bad_lrzip_streams_fail_in_one_line(setup, tmp_path, monkeypatch):
     _, qm = setup
+    # a private temp root: other tests running in parallel make their own pgolf-lr* dirs
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     blob = encode_artifact(qm, "pergroup", stream_codec="lrzip").blob
     path = tmp_path / "bad.ptz"
     before = set(os.listdir(tempfile.gettempdir()))

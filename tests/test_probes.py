@@ -136,7 +136,7 @@ def _run(ttt_fn, counter):
 def test_our_ttt_passes(counter):
     model = TinyCausalLM()
     before = [p.detach().clone() for p in model.parameters()]
-    r = probe_score_before_update(eval_hparams(), model, cpu_dist(), real_val_tokens(800)[:600],
+    r = probe_score_before_update(eval_hparams(ttt_mode="sgd"), model, cpu_dist(), real_val_tokens(800)[:600],
                                   position_bytes(counter, real_val_tokens(800)[:600]))
     assert r.passed, r.message
     ev = r.evidence
