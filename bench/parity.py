@@ -47,9 +47,7 @@ import sys
 import types
 from pathlib import Path
 
-os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")  # the references' @torch.compile: eager here
-
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIMS = ROOT / "bench" / "shims"
@@ -63,8 +61,6 @@ from trainer.config import Hyperparameters  # noqa: E402
 from trainer.data import DOC_BOS_ID, doc_cu_seqlens  # noqa: E402
 from trainer.model import GPT, layer_schedule  # noqa: E402
 from trainer.optim import build_optimizers, muon_momentum_at, split_params  # noqa: E402
-
-torch._dynamo.config.disable = True
 
 # relative tolerance on the loss: (forward, after one step)
 TOLERANCES = {
@@ -222,21 +218,22 @@ def _no_compile(fn=None, **_kw):
 def load_reference(path: str | Path, env: dict[str, str]) -> types.ModuleType:
     """Import a reference script as a module (once per process and path).
 
-    ``env`` is put into os.environ first (the references read their Hyperparameters from it at
-    import); bench/shims and the repository root go on sys.path (flash_attn_interface); where Triton
-    is missing a stand-in is in sys.modules during the import only."""
+    During the import only (all restored after it, so a test session sees no trace of it): ``env``
+    is in os.environ (the references read their Hyperparameters from it at import), bench/shims and
+    the repository root are on sys.path (flash_attn_interface: the shim), a Triton stand-in is in
+    sys.modules where Triton is missing, and ``torch.compile`` is the identity."""
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such reference script")
     key = str(path)
     if key in _LOADED:
         return _LOADED[key]
+    saved_env, saved_path = dict(os.environ), list(sys.path)
+    had_fa = "flash_attn_interface" in sys.modules
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # single process: no process group
         os.environ.pop(k, None)
     os.environ.update(env)
-    for p in (str(ROOT), str(SHIMS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    sys.path[:0] = [str(SHIMS), str(ROOT)]
     standin = {}
     if importlib.util.find_spec("triton") is None:
         standin = _triton_standin()
@@ -259,6 +256,11 @@ def load_reference(path: str | Path, env: dict[str, str]) -> types.ModuleType:
         torch.compile = saved_compile
         for k in standin:
             sys.modules.pop(k, None)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        if not had_fa:  # the script holds the shim's functions; nothing else should find the shim
+            mod.PARITY_FA_MODULE = sys.modules.pop("flash_attn_interface", None)
     mod.PARITY_TRITON_STANDIN = bool(standin)
     mod.PARITY_REWRITTEN_FSTRINGS = rewritten
     _LOADED[key] = mod
@@ -475,7 +477,7 @@ def perturb_weights(model: torch.nn.Module, seed: int) -> None:
     for name, p in model.named_parameters():
         noise = torch.randn(p.shape, generator=g).to(p.device, p.dtype)
         if name == "tok_emb.weight":  # logits of order 1 (at init they are ~0.05: the loss is ~ln V)
-            p.copy_(noise * (1.5 / math.sqrt(p.shape[1])))
+            p.copy_(noise * (1.0 / math.sqrt(p.shape[1])))
         elif p.ndim == 2 and min(p.shape) > 1 and "gate" not in name and "smear" not in name:
             if float(p.abs().max()) == 0.0:
                 p.copy_(noise * (0.5 / math.sqrt(p.shape[1])))
@@ -1077,7 +1079,7 @@ def run_parity(preset: str, ref_path: str | Path, device: str = "cpu", tiny: boo
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
 
-    fa = sys.modules.get("flash_attn_interface")
+    fa = getattr(mod, "PARITY_FA_MODULE", None) or sys.modules.get("flash_attn_interface")
     fa_src = getattr(fa, "__file__", "?") or "?"
     if Path(fa_src).resolve().parent == SHIMS.resolve():
         fa_src = "bench/shims (our attention backends)"
