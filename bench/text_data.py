@@ -25,7 +25,9 @@ import shutil
 
 import sentencepiece as spm
 
-from pgolf.shards import encode_documents, write_split
+from pgolf.caseops import encode_caseops
+from pgolf.shards import byte_sidecar, encode_documents, write_shard, write_split
+from trainer.bpb import ByteCounter
 
 _TITLE = re.compile(r"^ = [^=].* = $")
 _MARKERS = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", ".")]
@@ -65,6 +67,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, nargs="+", default=[8192, 1024])
     ap.add_argument("--source", choices=["wikitext", "linux-doc"], default="wikitext")
     ap.add_argument("--linux-doc", help="folder where linux-doc-6.1_*.deb was extracted")
+    ap.add_argument("--caseops", action="store_true",
+                    help="also the CaseOps variant with the 1.0611 record's CaseOps tokenizer "
+                         f"(SHARED/tokenizers/{CASEOPS_TOKENIZER}) and val byte sidecars")
     a = ap.parse_args()
     if a.source == "linux-doc":
         train, val = linux_doc_files(a.linux_doc or "")
@@ -84,6 +89,29 @@ def main() -> None:
         write_split(ds, "val", va)
         print(f"{a.source} sp{v}: {len(train)} train docs {tr.size:,} tokens; "
               f"{len(val)} val docs {va.size:,} tokens -> {ds}")
+    if a.caseops:
+        write_caseops(a, train, val)
+
+
+CASEOPS_TOKENIZER = "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+
+
+def write_caseops(a, train: list[str], val: list[str]) -> None:
+    """The 1.0611 record's data layout: CaseOps-transformed documents, its tokenizer, and a
+    byte sidecar per val shard (bytes of the original text per token)."""
+    src = os.path.join(a.shared, "tokenizers", CASEOPS_TOKENIZER)
+    tok = os.path.join(a.out, "tokenizers", CASEOPS_TOKENIZER)
+    shutil.copyfile(src, tok)
+    sp = spm.SentencePieceProcessor(model_file=tok)
+    ds = os.path.join(a.out, "datasets", "text_sp8192_caseops")
+    os.makedirs(ds, exist_ok=True)
+    tr = encode_documents(sp, [encode_caseops(d) for d in train], 8192, tok)
+    va = encode_documents(sp, [encode_caseops(d) for d in val], 8192, tok)
+    write_split(ds, "train", tr)
+    (vpath,) = write_split(ds, "val", va)
+    write_shard(vpath.replace("fineweb_val_", "fineweb_val_bytes_"), byte_sidecar(ByteCounter(sp, 8192), va))
+    print(f"{a.source} sp8192 CaseOps: {tr.size:,} train tokens; {va.size:,} val tokens + byte sidecar "
+          f"-> {ds}")
 
 
 if __name__ == "__main__":
