@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# The GPU runs of issues 10, 11 and 12, as back-to-back calls on one warm nvidia-h200-x2 machine
-# (2 GPUs; each call <= 10 minutes; logs and tables under $OUT). Each step has its own timeout, so a
-# failing step costs its time, not the call.
+# The GPU runs of issues 10 and 11, as back-to-back calls on one warm nvidia-h200 machine (each
+# call <= 10 minutes; logs and tables under $OUT). Each step has its own timeout, so a failing step
+# costs its time, not the call. Multi-GPU runs: bench/pipeline_2gpu.sh.
 #
 #   A  carry .gpu .whl/base .whl/fa4a: set up, bench data (linux-doc text: sp8192 + CaseOps), stash
-#      the first half of the FA4 libs.  GPU0: kernel/attention/TTT GPU tests without FA4, then the
-#      parity harness (pr1855, pr1493, pr1774 vs the reference scripts).  GPU1: ours (pr1493) vs the
-#      1.0810 reference on documents in file order, 150 steps of 196,608 tokens.
-#   B  carry .whl/fa4b (+ .gpu .whl/base when the machine is cold): FA4 installed.  GPU0: FA4 tests,
-#      attention benchmark, the compiled step time fa4 vs cuDNN SDPA before/after recurrence.  GPU1:
-#      ours (pr1855) vs the 1.0611 reference on the CaseOps text, one after the other (speed).
-#   C  the three-seed pipeline on both GPUs (record -> size -> budget -> reproduce -> verify --deep),
-#      started detached; the call waits for it as long as it may.
-#   D  collect what C left running.
+#      the first half of the FA4 libs; GPU tests without FA4; the parity harness (pr1855, pr1493,
+#      pr1774 vs the reference scripts)
+#   B  carry .whl/fa4b: FA4 installed; its tests; attention benchmark; compiled step time fa4 vs cuDNN
+#   C  ours (pr1855) vs the 1.0611 reference (speed, val_bpb)
+#   E  the strict final evaluation of C's artifact (phased LoRA TTT), extrapolated to the full
+#      split on 8 GPUs
+#   D  ours (pr1493) vs the 1.0810 reference on documents in file order
 set -uo pipefail
 PHASE=${1:?usage: bash bench/gpu_session.sh A|B|C|D}
 OUT=${OUT:-/tmp/out}
@@ -58,87 +56,78 @@ SOTA_ENV=(CASEOPS_ENABLED=1 EMBED_BITS=7 MATRIX_LR=0.026 MIN_LR=0.1 MLP_CLIP_SIG
 R1493_ENV=(QK_GAIN_INIT=5.25)
 
 case "$PHASE" in
-A)
+A)  # set up; GPU tests without FA4; parity
   env_report
   stash_fa4a >"$OUT/stash.log" 2>&1
   ensure_setup || exit 1
-  (
-    export CUDA_VISIBLE_DEVICES=0
-    stamp "gpu0: tests"
-    timeout 200 python3 -m pytest -q -rs tests/test_kernels_gpu.py tests/test_attention_gpu.py -k "not fa4" \
-      >"$OUT/pytest_gpu_nofa4.log" 2>&1
-    timeout 150 python3 -m pytest -q -rs tests/test_ttt_lora.py tests/test_ttt_phased.py -k cuda \
-      >"$OUT/pytest_gpu_ttt.log" 2>&1
-    stamp "gpu0: parity"
-    for c in pr1855:sota pr1493:r1493 pr1774:pr1774; do
-      p=${c%%:*}; r=${c##*:}
-      timeout 100 python3 bench/parity.py --preset "$p" --ref ".gpu/ref/${r}_train_gpt.py" --device cuda \
-        --out "$OUT/parity-h200-$p.md" >"$OUT/parity-h200-$p.log" 2>&1
-    done
-    stamp "gpu0: done"
-  ) &
-  (
-    stamp "gpu1: ordered-data comparison"
-    timeout 470 python3 bench/ref_compare.py --ref .gpu/ref/r1493_train_gpt.py --preset pr1493 --data "$SP" \
-      --tokenizer "$TOK" --steps 150 --val-every 50 --gpus 1 --out /tmp/cmp1493 --timeout 460 \
-      --ref-env "${R1493_ENV[@]}" --md "$OUT/ordered-pr1493.md" >"$OUT/ordered-pr1493.console" 2>&1
-    cp /tmp/cmp1493/ours.log "$OUT/ordered-ours.log" 2>/dev/null
-    cp /tmp/cmp1493/ref_work/logs/ref.txt "$OUT/ordered-ref.txt" 2>/dev/null
-    stamp "gpu1: done"
-  ) &
-  wait
-  tail -3 "$OUT"/pytest_gpu_*.log; cat "$OUT"/parity-h200-*.md 2>/dev/null | grep -E "^\|" | head -30
-  cat "$OUT/ordered-pr1493.md" 2>/dev/null || tail -20 "$OUT/ordered-pr1493.console"
+  stamp "tests"
+  timeout 170 python3 -m pytest -q -rs tests/test_kernels_gpu.py tests/test_attention_gpu.py -k "not fa4" \
+    >"$OUT/pytest_gpu_nofa4.log" 2>&1
+  timeout 120 python3 -m pytest -q -rs tests/test_ttt_lora.py tests/test_ttt_phased.py -k cuda \
+    >"$OUT/pytest_gpu_ttt.log" 2>&1
+  stamp "parity"
+  for c in pr1855:sota pr1493:r1493 pr1774:pr1774; do
+    p=${c%%:*}; r=${c##*:}
+    timeout 90 python3 bench/parity.py --preset "$p" --ref ".gpu/ref/${r}_train_gpt.py" --device cuda \
+      --out "$OUT/parity-h200-$p.md" >"$OUT/parity-h200-$p.log" 2>&1
+    stamp "parity $p: $(tail -1 "$OUT/parity-h200-$p.log")"
+  done
+  tail -3 "$OUT"/pytest_gpu_*.log; grep -h -E "^\|" "$OUT"/parity-h200-*.md 2>/dev/null | head -30
   ;;
-B)
+B)  # FA4: install, tests, attention benchmark, compiled step time fa4 vs cuDNN SDPA
   env_report
   ensure_setup || exit 1
-  install_fa4 >"$OUT/install_fa4.log" 2>&1 || { tail -20 "$OUT/install_fa4.log"; }
+  install_fa4 >"$OUT/install_fa4.log" 2>&1 || tail -20 "$OUT/install_fa4.log"
   stamp "fa4: $(tail -1 "$OUT/install_fa4.log")"
-  (
-    export CUDA_VISIBLE_DEVICES=0
-    timeout 150 python3 -m pytest -q -rs tests/test_attention_gpu.py -k "fa4 or auto or gpt" \
-      >"$OUT/pytest_gpu_fa4.log" 2>&1
-    timeout 90 python3 bench/attention_bench.py --out "$OUT/attention_bench.md" >"$OUT/attention_bench.log" 2>&1
-    stamp "gpu0: step time"
-    timeout 300 python3 bench/step_time.py --preset pr1855 --budget-s 280 \
-      --configs fa4:fused,sdpa_cudnn:fused --out "$OUT/step_time.md" >"$OUT/step_time.log" 2>&1
-    stamp "gpu0: done"
-  ) &
-  (
-    stamp "gpu1: pr1855 vs the 1.0611 reference"
-    timeout 500 python3 bench/ref_compare.py --ref .gpu/ref/sota_train_gpt.py --preset pr1855 --data "$CO" \
-      --tokenizer "$COTOK" --steps 120 --val-every 60 --gpus 1 --out /tmp/cmp1855 --timeout 490 \
-      --ref-env "${SOTA_ENV[@]}" --md "$OUT/speed-pr1855.md" >"$OUT/speed-pr1855.console" 2>&1
-    cp /tmp/cmp1855/ours.log "$OUT/speed-ours.log" 2>/dev/null
-    cp /tmp/cmp1855/ref_work/logs/ref.txt "$OUT/speed-ref.txt" 2>/dev/null
-    stamp "gpu1: done"
-  ) &
-  wait
-  tail -3 "$OUT/pytest_gpu_fa4.log"; cat "$OUT/attention_bench.md" "$OUT/step_time.md" 2>/dev/null | grep -E "^\|"
-  cat "$OUT/speed-pr1855.md" 2>/dev/null || tail -20 "$OUT/speed-pr1855.console"
+  timeout 150 python3 -m pytest -q -rs tests/test_attention_gpu.py -k "fa4 or auto or gpt" \
+    >"$OUT/pytest_gpu_fa4.log" 2>&1
+  stamp "attention bench"
+  timeout 80 python3 bench/attention_bench.py --out "$OUT/attention_bench.md" >"$OUT/attention_bench.log" 2>&1
+  stamp "step time"
+  timeout 300 python3 bench/step_time.py --preset pr1855 --budget-s 280 \
+    --configs fa4:fused,sdpa_cudnn:fused --out "$OUT/step_time.md" >"$OUT/step_time.log" 2>&1
+  tail -3 "$OUT/pytest_gpu_fa4.log"; grep -h -E "^\|" "$OUT/attention_bench.md" "$OUT/step_time.md" 2>/dev/null
+  tail -5 "$OUT/step_time.log"
   ;;
-C)
+C)  # ours (pr1855) vs the 1.0611 reference, one after the other on this GPU
   env_report
   ensure_setup || exit 1
   install_fa4 >/dev/null 2>&1 || true
-  mkdir -p /tmp/pipe
-  setsid nohup bash bench/pipeline_2gpu.sh "$CO" "$COTOK" /tmp/pipe >/tmp/pipe/console.txt 2>&1 < /dev/null &
-  for _ in $(seq 1 110); do
-    sleep 5
-    [ -f /tmp/pipe/DONE ] && break
-  done
-  cp /tmp/pipe/*.txt /tmp/pipe/*.md "$OUT/" 2>/dev/null
-  tail -25 /tmp/pipe/console.txt
+  stamp "pr1855 vs the 1.0611 reference"
+  timeout 550 python3 bench/ref_compare.py --ref .gpu/ref/sota_train_gpt.py --preset pr1855 --data "$CO" \
+    --tokenizer "$COTOK" --steps 100 --val-every 50 --gpus 0 --out /tmp/cmp1855 --timeout 540 \
+    --ref-env "${SOTA_ENV[@]}" --md "$OUT/speed-pr1855.md" >"$OUT/speed-pr1855.console" 2>&1
+  cp /tmp/cmp1855/ours.log "$OUT/speed-ours.log" 2>/dev/null
+  cp /tmp/cmp1855/ref_work/logs/ref.txt "$OUT/speed-ref.txt" 2>/dev/null
+  cat "$OUT/speed-pr1855.md" 2>/dev/null || tail -20 "$OUT/speed-pr1855.console"
   ;;
-D)
-  for _ in $(seq 1 100); do
-    [ -f /tmp/pipe/DONE ] && break
-    sleep 5
-  done
-  cp /tmp/pipe/*.txt /tmp/pipe/*.md "$OUT/" 2>/dev/null
-  (cd /tmp/pipe && tar czf "$OUT/pipeline-logs.tgz" records/*.log records/*.json records/README.md reproduce*.txt 2>/dev/null)
-  tail -40 /tmp/pipe/console.txt
+E)  # the strict final evaluation (phased LoRA TTT, compiled) of C's artifact, extrapolated to the
+    # full split on 8 GPUs
+  env_report
+  ensure_setup || exit 1
+  install_fa4 >/dev/null 2>&1 || true
+  stamp "eval-only from our artifact"
+  python3 bench/synth_val.py --out /tmp/fullval >"$OUT/eval_budget.txt" 2>&1
+  (cd /tmp/cmp1855 && env PRESET=pr1855 EVAL_ONLY=1 ARTIFACT=/tmp/cmp1855/ours.ptz DATA_PATH="$CO" \
+    TOKENIZER_PATH="$COTOK" OUTPUT_DIR="$OUT" RUN_ID=evalonly PHASED_TTT_PREFIX_DOCS=40 \
+    timeout $(( 560 - ($(date +%s) - T0) )) python3 "$OLDPWD/submission/train_gpt.py" >"$OUT/evalonly.console" 2>&1)
+  grep -E "eval_part|ttt_part|total_eval|final|quantized" "$OUT/evalonly.log" 2>/dev/null | tail -20
+  timeout 60 python3 bench/eval_budget.py "$OUT/evalonly.log" --val "/tmp/fullval/fineweb_val_*.bin" --gpus 8 \
+    --set PHASED_TTT_PREFIX_DOCS=2500 >>"$OUT/eval_budget.txt" 2>&1
+  tail -16 "$OUT/eval_budget.txt"
+  ;;
+D)  # ours (pr1493, seeded shuffled windows) vs the 1.0810 reference on documents in file order
+  env_report
+  ensure_setup || exit 1
+  timeout 540 python3 bench/ref_compare.py --ref .gpu/ref/r1493_train_gpt.py --preset pr1493 --data "$SP" \
+    --tokenizer "$TOK" --steps 100 --val-every 25 --gpus 0 --out /tmp/cmp1493 --timeout 530 \
+    --ref-env "${R1493_ENV[@]}" --md "$OUT/ordered-pr1493.md" >"$OUT/ordered-pr1493.console" 2>&1
+  cp /tmp/cmp1493/ours.log "$OUT/ordered-ours.log" 2>/dev/null
+  cp /tmp/cmp1493/ref_work/logs/ref.txt "$OUT/ordered-ref.txt" 2>/dev/null
+  cat "$OUT/ordered-pr1493.md" 2>/dev/null || tail -20 "$OUT/ordered-pr1493.console"
   ;;
 esac
 stamp "phase $PHASE done"
+# one archive: a call brings back at most 8 files
+(cd "$OUT" && find . -maxdepth 1 -type f ! -name '*.tgz' -print0 | tar czf "gpu_$PHASE.tgz" --null -T - \
+  && find . -maxdepth 1 -type f ! -name '*.tgz' -delete)
