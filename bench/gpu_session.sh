@@ -17,6 +17,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"  # the repo, not installed there
 # shellcheck source=bench/device_setup.sh
 source bench/device_setup.sh
 BENCH=/tmp/bench
