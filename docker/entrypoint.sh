@@ -20,6 +20,7 @@
 #   PGOLF_DRY_RUN=1              run every check, print the command, do not run it
 #   PGOLF_SYS_NET=/sys/class/net where the network interfaces are listed
 #   PGOLF_NET_PROBE=1.1.1.1:443  TCP probe, used only when PGOLF_SYS_NET cannot be read
+#   PGOLF_DEV=/dev               where NVIDIA device nodes appear (docker run --gpus)
 set -euo pipefail
 
 PROG=${PGOLF_PROG:-entrypoint.sh}
@@ -28,6 +29,7 @@ PY=${PYTHON:-python3}
 DATA=${PGOLF_DATA:-/data}
 RECORDS=${PGOLF_RECORDS:-/records}
 SYS_NET=${PGOLF_SYS_NET:-/sys/class/net}
+DEV=${PGOLF_DEV:-/dev}
 NET_PROBE=${PGOLF_NET_PROBE:-1.1.1.1:443}
 
 usage() {
@@ -139,6 +141,29 @@ check_read_only() {
     done
 }
 
+# The preset a record run will use: the last PRESET=... among the arguments (pgolf's --env), else
+# the environment's; empty means the trainer's default (a GPU preset).
+record_preset() {
+    local a preset=${PRESET:-}
+    for a in "$@"; do
+        case $a in
+            PRESET=* | --env=PRESET=*) preset=${a#*PRESET=} ;;
+        esac
+    done
+    echo "$preset"
+}
+
+# GPU presets need NVIDIA GPUs, which a container sees only with `docker run --gpus`: refuse early,
+# before anything is written, with the flag to add.
+check_gpu_for_record() {
+    local preset
+    preset=$(record_preset "$@")
+    [[ $preset == tiny ]] && return 0
+    has_opt --no-gpu-check "$@" && return 0
+    compgen -G "$DEV/nvidia[0-9]*" >/dev/null && return 0
+    die "record with PRESET=${preset:-<the trainer's default>} needs NVIDIA GPUs and the container sees none: add --gpus all --ipc=host to docker run (or -e PRESET=tiny for a CPU run)"
+}
+
 writable_dir() {
     mkdir -p "$1" 2>/dev/null && [[ -w $1 ]]
 }
@@ -182,6 +207,7 @@ main() {
             [[ -d $RECORDS ]] || die "$RECORDS: not mounted; add -v \$PWD/records:$RECORDS"
             [[ -w $RECORDS ]] || die "$RECORDS: not writable by uid $(id -u); mount it read-write, and pass --user \"\$(id -u):\$(id -g)\" to write as yourself"
             [[ -d $DATA ]] || die "$DATA: not mounted; add -v \$PWD/data:$DATA:ro"
+            check_gpu_for_record "$@"
             if [[ -w $DATA ]]; then warn "$DATA is writable; mount it read-only (:ro)"; fi
             run "$PY" -m pgolf record --out "$RECORDS/$name" "$@"
             ;;
