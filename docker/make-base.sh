@@ -41,10 +41,6 @@ if [[ ${FORCE:-0} != 1 ]] && "$DOCKER" image inspect "$TAG" >/dev/null 2>&1; the
     echo "make-base.sh: $TAG exists (FORCE=1 rebuilds it)"
     exit 0
 fi
-[[ $(id -u) == 0 ]] || die "debootstrap needs root: run as root (or sudo) — nothing was changed"
-command -v debootstrap >/dev/null || die "debootstrap not installed: apt-get install -y debootstrap"
-"$DOCKER" info >/dev/null 2>&1 || die "no Docker engine answers ($DOCKER info failed): start dockerd"
-
 # The pin: the mirror must serve the pinned point release of the suite.
 release_file=$(python3 - "$MIRROR/dists/$SUITE/Release" <<'EOF'
 import sys, urllib.request
@@ -61,6 +57,9 @@ date=$(awk -F': ' '$1 == "Date" {print $2}' <<<"$release_file")
 (MIRROR=http://snapshot.debian.org/archive/debian/<instant while $RELEASE was current>) or move the pin \
 (RELEASE here, the Dockerfile's DEBIAN_RELEASE and package versions; docker/README.md)"
 echo "make-base.sh: $SUITE $served ($date) from $MIRROR -> $TAG"
+[[ $(id -u) == 0 ]] || die "debootstrap needs root: run as root (or sudo) — nothing was changed"
+command -v debootstrap >/dev/null || die "debootstrap not installed: apt-get install -y debootstrap"
+"$DOCKER" info >/dev/null 2>&1 || die "no Docker engine answers ($DOCKER info failed): start dockerd"
 
 WORK=${WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/pgolf-base.XXXXXX")}
 trap 'rm -rf "$WORK"' EXIT
@@ -74,6 +73,7 @@ debootstrap --variant=minbase "$SUITE" "$root" "$MIRROR" >"$WORK/debootstrap.log
 echo "deb $MIRROR $SUITE main" > "$root/etc/apt/sources.list"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/* "$root"/tmp/*
 : > "$root/etc/machine-id"
+# shellcheck disable=SC2016  # dpkg-query's own ${Field} format, not shell expansions
 chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' | sort > "$root/etc/pgolf-base.manifest"
 printf 'suite=%s release=%s date=%s mirror=%s\n' "$SUITE" "$served" "$date" "$MIRROR" \
     > "$root/etc/pgolf-base.release"

@@ -225,8 +225,9 @@ def reproduce_section(name: str, sub: dict, nproc: int, hparams: dict, run_env: 
             f"this run).\n" if hidden else "")
     return f"""## Reproduce
 
-From the root of a checkout of the challenge's repository, with this folder at `{folder}` and the
-data in the challenge's layout (`{CHALLENGE_DATASETS}/{ds}/`, `{CHALLENGE_TOKENIZERS}/{tok}`):
+From the root of a checkout of the challenge's repository, with this folder at
+`{folder}` and the data in the challenge's layout
+(`{CHALLENGE_DATASETS}/{ds}/`, `{CHALLENGE_TOKENIZERS}/{tok}`):
 
 ```bash
 for SEED in {seeds}; do
