@@ -12,6 +12,7 @@
    inside the image; also written to docker/wheelhouse/VARIANT.build.json.
 
     python docker/build.py [--variant cuda|cpu] [--tag T] [--base IMAGE] [--no-cache]
+    python docker/build.py --wheelhouse-only [--variant cuda|cpu]   # for a docker build by hand
 """
 
 from __future__ import annotations
@@ -43,9 +44,17 @@ def v(n):
         return md.version(n)
     except md.PackageNotFoundError:
         return None
+fa4_import = None
+if v("flash-attn-4"):  # FA4's kernels compile at first call on a GPU; the import needs none
+    try:
+        import flash_attn.cute  # noqa: F401
+        fa4_import = "ok"
+    except Exception as e:
+        fa4_import = f"{type(e).__name__}: {e}"
 print(json.dumps({"python": platform.python_version(), "torch": torch.__version__,
                   "torch_cuda": torch.version.cuda, "triton": v("triton"), "flash_attn_4": v("flash-attn-4"),
-                  "nvidia_cutlass_dsl": v("nvidia-cutlass-dsl"), "cudnn": v("nvidia-cudnn-cu13")}))
+                  "nvidia_cutlass_dsl": v("nvidia-cutlass-dsl"), "cudnn": v("nvidia-cudnn-cu13"),
+                  "flash_attn_cute_import": fa4_import}))
 """
 
 
@@ -311,12 +320,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="build on this image instead (default: the pinned base, else the local one)")
     ap.add_argument("--no-pull", action="store_true", help="do not try to pull the pinned base")
     ap.add_argument("--no-cache", action="store_true", help="docker build --no-cache")
+    ap.add_argument("--wheelhouse-only", action="store_true",
+                    help="only fill docker/wheelhouse/VARIANT (no engine needed), for a docker build by hand")
     ap.add_argument("--docker", default=os.environ.get("DOCKER", "docker"),
                     help="the Docker client (default docker)")
     args = ap.parse_args(argv)
     tags = args.tag or DEFAULT_TAGS[args.variant]
     try:
         start = time.monotonic()
+        if args.wheelhouse_only:
+            ensure_wheelhouse(args.variant)
+            return 0
         ensure_engine(args.docker)
         base = choose_base(args.docker, args.base, pull=not args.no_pull)
         ensure_wheelhouse(args.variant)
@@ -327,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"docker/build.py: error: {e}", file=sys.stderr)
         return 1
     (WHEELHOUSE / f"{args.variant}.build.json").write_text(json.dumps(report, indent=2) + "\n")
-    fa4 = f", flash-attn-4 {report['flash_attn_4']}" if report["flash_attn_4"] else ""
+    fa4 = ""
+    if report["flash_attn_4"]:
+        fa4 = (f", flash-attn-4 {report['flash_attn_4']} "
+               f"(import flash_attn.cute: {report['flash_attn_cute_import']})")
     print(f"image {tags[0]}: {report['size_bytes'] / 1e9:.2f} GB, docker build {report['build_s']:.0f} s "
           f"({report['total_s']:.0f} s with engine, base and wheels); base {base}; "
           f"python {report['python']}, torch {report['torch']} (CUDA {report['torch_cuda'] or 'none'}){fa4}")
