@@ -86,6 +86,15 @@ def pack(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def image(session: nox.Session) -> None:
+    """Build the container image from the Debian archive and the package index (docker/build.py):
+    engine, base (pulled, or made with debootstrap), hash-checked wheelhouse, docker build; prints
+    size and build time. Args go to docker/build.py: `-- --variant cpu` is CI's CPU-torch image."""
+    session.install("-c", "constraints.txt", "packaging")
+    session.run("python", "docker/build.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def verify(session: nox.Session) -> None:
     """The reviewer's full check of a records folder: nox -s verify -- PATH."""
     _install(session)

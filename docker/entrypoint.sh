@@ -20,6 +20,7 @@
 #   PGOLF_DRY_RUN=1              run every check, print the command, do not run it
 #   PGOLF_SYS_NET=/sys/class/net where the network interfaces are listed
 #   PGOLF_NET_PROBE=1.1.1.1:443  TCP probe, used only when PGOLF_SYS_NET cannot be read
+#   PGOLF_DEV=/dev               where NVIDIA device nodes appear (docker run --gpus)
 set -euo pipefail
 
 PROG=${PGOLF_PROG:-entrypoint.sh}
@@ -28,6 +29,7 @@ PY=${PYTHON:-python3}
 DATA=${PGOLF_DATA:-/data}
 RECORDS=${PGOLF_RECORDS:-/records}
 SYS_NET=${PGOLF_SYS_NET:-/sys/class/net}
+DEV=${PGOLF_DEV:-/dev}
 NET_PROBE=${PGOLF_NET_PROBE:-1.1.1.1:443}
 
 usage() {
@@ -107,11 +109,7 @@ check_no_network() {
     elif probe_reaches; then
         why="$SYS_NET unreadable and a TCP connect to $NET_PROBE got an answer"
     fi
-    if [[ -z $why ]]; then
-        # only loopback is left: point NCCL's and gloo's bootstrap at it (they skip lo by default)
-        export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
-        return 0
-    fi
+    [[ -z $why ]] && return 0
     if [[ ${PGOLF_ALLOW_NETWORK:-0} == 1 ]]; then
         warn "$why; continuing because PGOLF_ALLOW_NETWORK=1: this run does NOT prove evaluation without network"
         return 0
@@ -139,16 +137,58 @@ check_read_only() {
     done
 }
 
+# The preset a record run will use: the last PRESET=... among the arguments (pgolf's --env), else
+# the environment's; empty means the trainer's default (a GPU preset).
+record_preset() {
+    local a preset=${PRESET:-}
+    for a in "$@"; do
+        case $a in
+            PRESET=* | --env=PRESET=*) preset=${a#*PRESET=} ;;
+        esac
+    done
+    echo "$preset"
+}
+
+# GPU presets need NVIDIA GPUs, which a container sees only with `docker run --gpus`: refuse early,
+# before anything is written, with the flag to add.
+check_gpu_for_record() {
+    local preset
+    preset=$(record_preset "$@")
+    [[ $preset == tiny ]] && return 0
+    has_opt --no-gpu-check "$@" && return 0
+    compgen -G "$DEV/nvidia[0-9]*" >/dev/null && return 0
+    die "record with PRESET=${preset:-(default)} needs NVIDIA GPUs and the container sees none: add --gpus all --ipc=host to docker run (or -e PRESET=tiny for a CPU run)"
+}
+
+# Every run here is one node (torchrun --standalone): its rendezvous and workers meet on loopback.
+# torchrun otherwise advertises the container's hostname, which resolves nowhere under
+# --network none (workers then wait 300 s and fail); PET_LOCAL_ADDR is torchrun's --local-addr.
+# Without any interface but lo, NCCL's and gloo's bootstrap must use lo (they skip it by default).
+single_node_env() {
+    export PET_LOCAL_ADDR=${PET_LOCAL_ADDR:-127.0.0.1}
+    if [[ -d $SYS_NET && -z $(network_interfaces) ]]; then
+        export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
+    fi
+}
+
 writable_dir() {
     mkdir -p "$1" 2>/dev/null && [[ -w $1 ]]
 }
 
+# Every check has passed when this runs: only now is anything written (HOME).
 run() {
     if [[ ${PGOLF_DRY_RUN:-0} == 1 ]]; then
         printf 'dry run:'
         printf ' %q' "$@"
         printf '\n'
         exit 0
+    fi
+    # caches (torch, triton, matplotlib) need a writable HOME; the image's is under /tmp (created
+    # here, for whichever --user), so a run writes nowhere but the mounts and /tmp
+    mkdir -p "${HOME:-/nonexistent}" 2>/dev/null || true
+    if [[ -z ${HOME:-} || ! -w ${HOME:-/nonexistent} ]]; then
+        HOME=$(mktemp -d "${TMPDIR:-/tmp}/pgolf-home.XXXXXX")
+        export HOME
     fi
     exec "$@"
 }
@@ -165,11 +205,7 @@ main() {
     if [[ $(id -u) == 0 && ${PGOLF_ALLOW_ROOT:-0} != 1 ]]; then
         die "refusing to run as root (uid 0); the image's user is pgolf, or pass --user \"\$(id -u):\$(id -g)\" (PGOLF_ALLOW_ROOT=1 overrides)"
     fi
-    # a --user without a home in the image: caches (torch, triton) need a writable HOME
-    if [[ -z ${HOME:-} || ! -w ${HOME:-/nonexistent} ]]; then
-        HOME=$(mktemp -d "${TMPDIR:-/tmp}/pgolf-home.XXXXXX")
-        export HOME
-    fi
+    single_node_env
     export DATA_PATH=${DATA_PATH:-$DATA/datasets/fineweb10B_sp8192}
     export TOKENIZER_PATH=${TOKENIZER_PATH:-$DATA/tokenizers/fineweb_8192_bpe.model}
     cd "$PROJECT"
@@ -182,6 +218,7 @@ main() {
             [[ -d $RECORDS ]] || die "$RECORDS: not mounted; add -v \$PWD/records:$RECORDS"
             [[ -w $RECORDS ]] || die "$RECORDS: not writable by uid $(id -u); mount it read-write, and pass --user \"\$(id -u):\$(id -g)\" to write as yourself"
             [[ -d $DATA ]] || die "$DATA: not mounted; add -v \$PWD/data:$DATA:ro"
+            check_gpu_for_record "$@"
             if [[ -w $DATA ]]; then warn "$DATA is writable; mount it read-only (:ro)"; fi
             run "$PY" -m pgolf record --out "$RECORDS/$name" "$@"
             ;;

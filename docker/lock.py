@@ -1,27 +1,36 @@
-"""Write docker/requirements.lock: every wheel the container installs, pinned by version and sha256.
+"""Write docker/requirements-{cuda,cpu}.lock: every wheel an image variant installs, by version and sha256.
 
 Versions come only from the repo's constraints.txt (the single source of versions) plus
-docker/gpu-pins.txt (what the CPU venv never sees: torch's CUDA runtime wheels, triton, and the
-tools the FlashAttention 3 build stage needs). The dependency closure is computed from each
-wheel's own metadata for the container's target (CPython 3.12 of Ubuntu 24.04, manylinux
-x86_64, glibc <= 2.39), so a dependency without a pin is an error here, not an unhashed
-download during `docker build`.
+docker/image-pins.txt (what the CPU venv never sees: torch's CUDA runtime wheels, triton,
+FlashAttention 4 and its CuTe DSL, setuptools). The dependency closure is computed from each
+wheel's own metadata for the image's target (Debian 12's CPython 3.11, manylinux x86_64,
+glibc <= 2.36), so a dependency without a pin is an error here, not an unhashed download
+during `docker build`.
+
+Variants: `cuda` (the full image: torch's CUDA 13.0 build from PyPI, FlashAttention 4) and `cpu`
+(CI's image: torch's CPU build, which PyPI does not carry: it is read from a local wheel, found
+in --find-links folders, default $PIP_FIND_LINKS or /opt/wheels; elsewhere fetch it with
+`pip download --no-deps --index-url https://download.pytorch.org/whl/cpu torch==VERSION+cpu`).
 
 Files and hashes come from the index's PEP 691 JSON API (/simple/NAME/), which every PyPI
 mirror serves; wheel metadata from the PEP 658 `.metadata` file, or else read out of the wheel
 with HTTP range requests (a few KiB, not the 500 MB torch wheel).
 
-    python docker/lock.py            # rewrite docker/requirements.lock
-    python docker/lock.py --check    # exit 1 if the lock is not what the pins produce
+    python docker/lock.py                    # rewrite both locks
+    python docker/lock.py --variant cpu      # one of them
+    python docker/lock.py --check            # exit 1 if a lock is not what the pins produce
 """
 
 from __future__ import annotations
 
 import argparse
 import email.parser
+import hashlib
 import io
 import json
+import os
 import sys
+import textwrap
 import time
 import tomllib
 import urllib.error
@@ -40,18 +49,41 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
-GPU_PINS = ROOT / "docker" / "gpu-pins.txt"
-LOCK = ROOT / "docker" / "requirements.lock"
+IMAGE_PINS = ROOT / "docker" / "image-pins.txt"
 PYPROJECT = ROOT / "pyproject.toml"
 DEFAULT_INDEX = "https://pypi.org"
 
-# Installed besides the project's own dependencies: nox (the sessions), and what building the
-# project (--no-build-isolation) and the FlashAttention 3 wheel (hopper/setup.py) import.
-EXTRA_ROOTS = ("nox", "setuptools", "wheel", "ninja", "packaging")
+# Installed besides the project's own dependencies: what building the project
+# (--no-build-isolation) needs, and packaging (imported by torch-c-dlpack-ext without declaring it).
+EXTRA_ROOTS = ("setuptools", "packaging")
 
-# Ubuntu 24.04's python3 and glibc (the base image); the Dockerfile installs python3.12.
-TARGET_PYTHON = "3.12.3"
-TARGET_GLIBC_MINOR = 39
+# Debian 12's python3 (3.11.2) and glibc (2.36): the image's base (docker/make-base.sh).
+TARGET_PYTHON = "3.11.2"
+TARGET_GLIBC_MINOR = 36
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    lock: Path
+    roots: tuple[str, ...]  # besides the project's dependencies and EXTRA_ROOTS
+    local_labels: dict[str, str]  # package -> PEP 440 local label of a build PyPI lacks (torch: "cpu")
+    exclude: dict[str, str]  # package -> why a requirement of it is deliberately not installed
+
+
+VARIANTS = {
+    "cuda": Variant(
+        "cuda", ROOT / "docker" / "requirements-cuda.lock",
+        # FA4's [cu13] extra: the CuTe DSL's CUDA 13 libraries, matching torch's CUDA 13.0
+        roots=("flash-attn-4[cu13]",), local_labels={},
+        exclude={"nvidia-cutlass-dsl-libs-cu12":
+                 "the CuTe DSL's CUDA 12 libraries; nvidia-cutlass-dsl requires them unconditionally, but "
+                 "torch here is CUDA 13 and -libs-cu13 (same files, other build) is installed instead; the "
+                 "Dockerfile's pip check allows exactly this one missing requirement"}),
+    "cpu": Variant("cpu", ROOT / "docker" / "requirements-cpu.lock", roots=(), local_labels={"torch": "cpu"},
+                   exclude={}),
+}
+LOCK = VARIANTS["cuda"].lock
 
 
 class LockError(RuntimeError):
@@ -97,20 +129,32 @@ def read_pins(path: Path) -> dict[str, Pin]:
     return pins
 
 
-def all_pins(constraints: Path = CONSTRAINTS, gpu_pins: Path = GPU_PINS) -> dict[str, Pin]:
-    """constraints.txt plus gpu-pins.txt; a package in both is an error (one source per version)."""
+def all_pins(constraints: Path = CONSTRAINTS, image_pins: Path = IMAGE_PINS) -> dict[str, Pin]:
+    """constraints.txt plus image-pins.txt; a package in both is an error (one source per version)."""
     base = read_pins(constraints)
-    extra = read_pins(gpu_pins)
+    extra = read_pins(image_pins)
     both = sorted(set(base) & set(extra))
     if both:
-        raise LockError(f"{gpu_pins}: {', '.join(both)} already pinned in {constraints.name}; "
-                        f"remove from {gpu_pins.name}")
+        raise LockError(f"{image_pins}: {', '.join(both)} already pinned in {constraints.name}; "
+                        f"remove from {image_pins.name}")
     return {**base, **extra}
 
 
-def project_roots(pyproject: Path = PYPROJECT) -> list[Requirement]:
+def project_roots(pyproject: Path = PYPROJECT, variant: Variant | None = None) -> list[Requirement]:
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    return [Requirement(d) for d in deps] + [Requirement(n) for n in EXTRA_ROOTS]
+    extra = variant.roots if variant else ()
+    return [Requirement(d) for d in deps] + [Requirement(n) for n in (*EXTRA_ROOTS, *extra)]
+
+
+def variant_pins(pins: dict[str, Pin], variant: Variant) -> dict[str, Pin]:
+    """The pins with the variant's local labels applied (torch==2.13.0 -> torch==2.13.0+cpu)."""
+    out = dict(pins)
+    for name, label in variant.local_labels.items():
+        pin = pins.get(name)
+        if pin is None:
+            raise LockError(f"{name}: no pin in {CONSTRAINTS.name} to apply +{label} to")
+        out[name] = Pin(name, f"{Version(pin.version).public}+{label}", pin.source)
+    return out
 
 
 # --- target ------------------------------------------------------------------------------------
@@ -220,6 +264,62 @@ class Index:
             return z.read(names[0])
 
 
+class LocalWheels:
+    """Wheels in local folders (find-links), for builds no index carries (torch's +cpu build)."""
+
+    def __init__(self, folders: list[Path]):
+        self.folders = [Path(f) for f in folders]
+
+    def files(self, name: str) -> list[dict]:
+        out = []
+        for folder in self.folders:
+            for path in sorted(folder.glob("*.whl")) if folder.is_dir() else ():
+                try:
+                    wname = parse_wheel_filename(path.name)[0]
+                except Exception:
+                    continue
+                if wname == canonicalize_name(name):
+                    out.append({"filename": path.name, "url": path.resolve().as_uri(),
+                                "size": path.stat().st_size, "hashes": {"sha256": sha256_file(path)},
+                                "local": str(path)})
+        return out
+
+    def metadata(self, wheel: dict) -> email.message.Message:
+        with zipfile.ZipFile(wheel["local"]) as z:
+            names = [n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+            if len(names) != 1:
+                raise LockError(f"{wheel['local']}: expected one *.dist-info/METADATA, found {names}")
+            return email.parser.BytesParser().parsebytes(z.read(names[0]))
+
+
+class Sources:
+    """PyPI for every package, except those read from local wheels."""
+
+    def __init__(self, index: Index, local: LocalWheels | None = None, local_names: tuple[str, ...] = ()):
+        self.index, self.local, self.local_names = index, local, set(local_names)
+
+    def files(self, name: str) -> list[dict]:
+        if self.local is not None and name in self.local_names:
+            return self.local.files(name)
+        return self.index.files(name)
+
+    def metadata(self, wheel: dict) -> email.message.Message:
+        return self.local.metadata(wheel) if "local" in wheel else self.index.metadata(wheel)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_find_links() -> list[Path]:
+    env = os.environ.get("PIP_FIND_LINKS", "")
+    return [Path(p) for p in env.split()] if env.strip() else [Path("/opt/wheels")]
+
+
 # --- resolution --------------------------------------------------------------------------------
 
 def pick_wheels(files: list[dict], name: str, version: str, tags: list[Tag],
@@ -247,10 +347,15 @@ def pick_wheels(files: list[dict], name: str, version: str, tags: list[Tag],
     return [f for _, _, f in sorted(picked, key=lambda x: (x[0], x[1]))]
 
 
-def resolve(roots: list[Requirement], pins: dict[str, Pin], index: Index,
+def resolve(roots: list[Requirement], pins: dict[str, Pin], index: Index | Sources,
             python: str = TARGET_PYTHON, glibc_minor: int = TARGET_GLIBC_MINOR,
-            log=print) -> dict[str, Locked]:
-    """The closure of `roots` under the target's markers, each package at its pin."""
+            log=print, exclude: dict[str, str] | None = None,
+            excluded: dict[str, set[str]] | None = None) -> dict[str, Locked]:
+    """The closure of `roots` under the target's markers, each package at its pin.
+
+    A requirement on a package in `exclude` is not followed; who required it is collected in
+    `excluded` (package -> requirers) for the lock's comments.
+    """
     tags = target_tags(python, glibc_minor)
     env = marker_env(python)
     locked: dict[str, Locked] = {}
@@ -261,10 +366,14 @@ def resolve(roots: list[Requirement], pins: dict[str, Pin], index: Index,
         if req.marker and not req.marker.evaluate(env):
             continue
         name = canonicalize_name(req.name)
+        if exclude and name in exclude:
+            if excluded is not None:
+                excluded.setdefault(name, set()).add(parent)
+            continue
         pin = pins.get(name)
         if pin is None:
             raise LockError(f"{req.name} (required by {parent}: {req}) has no pin in "
-                            f"{CONSTRAINTS.name} or docker/{GPU_PINS.name}")
+                            f"{CONSTRAINTS.name} or docker/{IMAGE_PINS.name}")
         if req.specifier and not req.specifier.contains(pin.version, prereleases=True):
             raise LockError(f"{pin.source}: {name}=={pin.version} does not satisfy {parent}'s "
                             f"requirement {req}")
@@ -272,8 +381,10 @@ def resolve(roots: list[Requirement], pins: dict[str, Pin], index: Index,
         if name not in locked:
             wheels = pick_wheels(index.files(name), name, pin.version, tags, python)
             if not wheels:
+                local = isinstance(index, Sources) and name in index.local_names
+                where = "in the local wheel folders" if local else "on the index"
                 raise LockError(f"{name}=={pin.version} ({pin.source}): no wheel for CPython {python} "
-                                f"manylinux x86_64 on the index")
+                                f"manylinux x86_64 {where}")
             log(f"  {name}=={pin.version}: {len(wheels)} wheel(s), metadata from {wheels[0]['filename']}")
             locked[name] = Locked(name, pin.version, sorted({w["hashes"]["sha256"] for w in wheels}))
             meta[name] = index.metadata(wheels[0])
@@ -299,16 +410,25 @@ def resolve(roots: list[Requirement], pins: dict[str, Pin], index: Index,
 # --- the lock file -----------------------------------------------------------------------------
 
 HEADER = """\
-# Generated by docker/lock.py from constraints.txt + docker/gpu-pins.txt. Do not edit by hand:
+# Generated by docker/lock.py from constraints.txt + docker/image-pins.txt. Do not edit by hand:
 # change the pins, then run `python docker/lock.py`.
-# Target: CPython {python} (Ubuntu 24.04), manylinux x86_64, glibc <= 2.{glibc}.
-# Install with: pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock
+# Image variant: {variant}. Target: CPython {python} (Debian 12), manylinux x86_64, glibc <= 2.{glibc}.
+# Install with: pip install --require-hashes --only-binary=:all: --no-deps -r THIS_FILE
 """
 
 
 def render(locked: dict[str, Locked], python: str = TARGET_PYTHON,
-           glibc_minor: int = TARGET_GLIBC_MINOR) -> str:
-    out = [HEADER.format(python=python, glibc=glibc_minor)]
+           glibc_minor: int = TARGET_GLIBC_MINOR, variant: Variant | None = None,
+           excluded: dict[str, set[str]] | None = None) -> str:
+    out = [HEADER.format(python=python, glibc=glibc_minor, variant=variant.name if variant else "-")]
+    for name in sorted(excluded or {}):
+        why = variant.exclude[name] if variant else "excluded"
+        text = f"not installed: {name} (required by {', '.join(sorted(excluded[name]))}): {why}"
+        out.append("".join(f"# {line}\n" for line in textwrap.wrap(text, 96)))
+    for name, label in (variant.local_labels.items() if variant else ()):
+        if name in locked:
+            out.append(f"# {name}=={locked[name].version}: not on PyPI; the +{label} build from "
+                       f"https://download.pytorch.org/whl/{label} (pip download --no-deps --index-url ...)\n")
     for name in sorted(locked):
         e = locked[name]
         lines = [f"{name}=={e.version}"] + [f"    --hash=sha256:{h}" for h in e.hashes]
@@ -334,34 +454,59 @@ def parse_lock(text: str) -> dict[str, tuple[str, list[str]]]:
     return entries
 
 
+def lock_variant(variant: Variant, pins: dict[str, Pin], index_url: str, find_links: list[Path],
+                 log=print) -> str:
+    """The lock file text of one image variant."""
+    sources = Sources(Index(index_url), LocalWheels(find_links), tuple(variant.local_labels))
+    excluded: dict[str, set[str]] = {}
+    locked = resolve(project_roots(variant=variant), variant_pins(pins, variant), sources, log=log,
+                     exclude=variant.exclude, excluded=excluded)
+    return render(locked, variant=variant, excluded=excluded)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="compare with the existing lock, write nothing")
+    ap.add_argument("--check", action="store_true", help="compare with the existing locks, write nothing")
+    ap.add_argument("--variant", choices=[*VARIANTS, "all"], default="all")
     ap.add_argument("--index", default=DEFAULT_INDEX, help="PEP 691 index base URL (default %(default)s)")
-    ap.add_argument("--out", type=Path, default=LOCK)
+    ap.add_argument("--find-links", type=Path, action="append",
+                    help="folder with local wheels (torch's +cpu build); "
+                         "default $PIP_FIND_LINKS or /opt/wheels")
     args = ap.parse_args(argv)
+    names = list(VARIANTS) if args.variant == "all" else [args.variant]
+    find_links = args.find_links or default_find_links()
+    stale = []
+    used: set[str] = set()
     try:
         pins = all_pins()
-        print(f"resolving for CPython {TARGET_PYTHON} manylinux x86_64 from {args.index}", file=sys.stderr)
-        locked = resolve(project_roots(), pins, Index(args.index), log=lambda m: print(m, file=sys.stderr))
+        for name in names:
+            variant = VARIANTS[name]
+            print(f"[{name}] resolving for CPython {TARGET_PYTHON} manylinux x86_64 from {args.index}",
+                  file=sys.stderr)
+            text = lock_variant(variant, pins, args.index, find_links,
+                                log=lambda m: print(m, file=sys.stderr))
+            used |= set(parse_lock(text))
+            if args.check:
+                current = variant.lock.read_text() if variant.lock.exists() else ""
+                if current != text:
+                    stale.append(variant.lock)
+                continue
+            variant.lock.write_text(text)
+            print(f"wrote {variant.lock} ({len(parse_lock(text))} packages)", file=sys.stderr)
     except LockError as e:
         print(f"lock.py: {e}", file=sys.stderr)
         return 1
-    text = render(locked)
-    unused = sorted(set(read_pins(GPU_PINS)) - set(locked))
-    if unused:
-        print(f"lock.py: {GPU_PINS.name}: pins not needed by the closure: {', '.join(unused)}",
+    if args.variant == "all":
+        unused = sorted(set(read_pins(IMAGE_PINS)) - used)
+        if unused:
+            print(f"lock.py: {IMAGE_PINS.name}: pins no variant needs: {', '.join(unused)}", file=sys.stderr)
+            return 1
+    if stale:
+        print(f"lock.py: out of date: {', '.join(map(str, stale))}; run python docker/lock.py",
               file=sys.stderr)
         return 1
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"lock.py: {args.out} is out of date; run python docker/lock.py", file=sys.stderr)
-            return 1
-        print(f"{args.out}: up to date ({len(locked)} packages)", file=sys.stderr)
-        return 0
-    args.out.write_text(text)
-    print(f"wrote {args.out} ({len(locked)} packages)", file=sys.stderr)
+        print(f"{', '.join(VARIANTS[n].lock.name for n in names)}: up to date", file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,7 @@
 # the first of: docker buildx imagetools, crane, skopeo, or the registry's HTTP API with curl.
 #
 #   docker/pin-base.sh                                     # the tag already in the Dockerfile
-#   docker/pin-base.sh nvidia/cuda:13.0.2-devel-ubuntu24.04
+#   docker/pin-base.sh debian:12.15-slim
 #
 # The digest is that of the tag's manifest list (all platforms); the build then takes the
 # linux/amd64 image from it. Check the result with `git diff docker/Dockerfile`.
@@ -16,7 +16,7 @@ die() { echo "pin-base.sh: $*" >&2; exit 1; }
 line=$(grep -E '^ARG BASE_IMAGE=' "$DOCKERFILE") || die "$DOCKERFILE: no 'ARG BASE_IMAGE=' line"
 current=${line#ARG BASE_IMAGE=}
 ref=${1:-${current%%@*}}
-[[ $ref == *:* && $ref != *@* ]] || die "'$ref': expected IMAGE:TAG (e.g. nvidia/cuda:13.0.2-devel-ubuntu24.04)"
+[[ $ref == *:* && $ref != *@* ]] || die "'$ref': expected IMAGE:TAG (e.g. debian:12.15-slim)"
 repo=${ref%:*}
 tag=${ref##*:}
 

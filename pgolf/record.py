@@ -15,7 +15,10 @@ VOCAB_SIZE, PRESET and the rest pass through from the environment (or ``--env K=
   command to retry.
 - Then submission.json (validated against verify/submission.schema.json first), requirements.txt
   and README.md (created once; later only its marked results section is refreshed) are written.
-  Author fields come from flags or DIR/submission.meta.json.
+  Author fields come from flags or DIR/submission.meta.json. The README's commands name the
+  challenge's layout (``./data/datasets/...``, ``./data/tokenizers/...``,
+  ``records/track_.../NAME``) and the container's mounts, never paths of the machine that ran it.
+- Nothing is written before the inputs are checked (script, data, tokenizer, GPUs).
 """
 
 from __future__ import annotations
@@ -24,18 +27,21 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import time
 
 from pgolf.errors import PgolfError, os_error_message
 from pgolf.fsutil import copy_file, write_text
 from pgolf.launch import check_inputs, error_line, parse_env_pairs, run_streamed, torchrun_command
+from pgolf.results import existing_images
 from pgolf.runs import has_final_event, scratch_dir, seed_files
 from pgolf.submission import (
     build,
     load_meta,
     meta_path,
     missing_meta,
+    readme_stub,
     requirements_text,
     save_meta,
     validate,
@@ -44,6 +50,17 @@ from pgolf.submission import (
 
 DEFAULT_SEEDS = (42, 314, 999)
 DEFAULT_SCRIPT = "submission/train_gpt.py"
+
+# What a reviewer has, for the README's commands: the challenge repository's layout (run from its
+# root) and the bundle's image with its mounts (docker/README.md; the entrypoint's defaults).
+CHALLENGE_DATASETS = "./data/datasets"
+CHALLENGE_TOKENIZERS = "./data/tokenizers"
+IMAGE = "pgolf"
+CONTAINER_DATA = "/data"
+CONTAINER_DATASET = "fineweb10B_sp8192"  # the entrypoint's DATA_PATH default under /data/datasets
+CONTAINER_TOKENIZER = "fineweb_8192_bpe.model"  # its TOKENIZER_PATH default under /data/tokenizers
+# set per seed by this pipeline, so never part of the user's environment line
+PIPELINE_VARS = ("SEED", "RUN_ID", "OUTPUT_DIR", "ARTIFACT", "EVAL_ONLY")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     if len(set(args.seeds)) != len(args.seeds):
         raise PgolfError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is listed twice")
+
+    explicit = {k: str(v) for k, v in (("DATA_PATH", args.data_path), ("TOKENIZER_PATH", args.tokenizer_path),
+                                       ("VOCAB_SIZE", args.vocab_size)) if v is not None}
+    explicit.update(parse_env_pairs(args.env))
+    env = {**os.environ, **explicit}
+
+    # every check before anything is written (a run without GPUs leaves no folder behind)
+    complete = {s for s in args.seeds if _is_complete(out, s)}
+    todo = [s for s in args.seeds if args.force or s not in complete]
+    if not os.path.isfile(args.script) and not os.path.isfile(os.path.join(out, "train_gpt.py")):
+        raise PgolfError(f"{args.script}: training script not found (build it with `python -m pgolf pack`, "
+                         f"or pass --script)")
+    if todo:
+        check_inputs(env, args.nproc, gpu_check=not args.no_gpu_check)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -85,17 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing_meta(meta):
         print(f"note: fill in {', '.join(missing_meta(meta))} in {meta_path(out)} (or pass --author/"
               f"--github-id/--name); submission.json needs them")
-
-    explicit = {k: str(v) for k, v in (("DATA_PATH", args.data_path), ("TOKENIZER_PATH", args.tokenizer_path),
-                                       ("VOCAB_SIZE", args.vocab_size)) if v is not None}
-    explicit.update(parse_env_pairs(args.env))
-    env = {**os.environ, **explicit}
-
-    complete = {s for s in args.seeds if _is_complete(out, s)}
-    todo = [s for s in args.seeds if args.force or s not in complete]
     script = _stage_script(args.script, out, kept=[s for s in args.seeds if s not in todo])
-    if todo:
-        check_inputs(env, args.nproc, gpu_check=not args.no_gpu_check)
 
     failed: list[tuple[int, str]] = []
     for seed in args.seeds:
@@ -116,11 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         raise PgolfError(f"{what}; complete and kept: {' '.join(map(str, done)) or 'none'}; not complete: "
                          f"{' '.join(map(str, left))}; re-run the same command to retry (complete seeds are "
                          f"skipped)")
-    return write_outputs(out, args.seeds, args.nproc, " ".join(f"{k}={v}" for k, v in explicit.items()))
+    return write_outputs(out, args.seeds, args.nproc, explicit)
 
 
-def write_outputs(out: str, seeds: list[int], nproc: int, env_note: str = "") -> int:
-    """submission.json, requirements.txt, README.md from the complete seeds' logs."""
+def write_outputs(out: str, seeds: list[int], nproc: int, run_env: dict[str, str] | None = None) -> int:
+    """submission.json, requirements.txt, README.md from the complete seeds' logs.
+
+    ``run_env``: the environment given to the runs on top of the caller's (--env, --data-path, ...);
+    the README's commands take the data paths, preset and vocabulary from the logs and the rest
+    from it.
+    """
     meta = load_meta(out)
     sub, runs = build(out, seeds, meta)
     target = os.path.join(out, "submission.json")
@@ -130,11 +156,111 @@ def write_outputs(out: str, seeds: list[int], nproc: int, env_note: str = "") ->
     validate(sub, target)
     write_text(target, json.dumps(sub, indent=2, ensure_ascii=False) + "\n")
     write_text(os.path.join(out, "requirements.txt"), requirements_text(sub.get("pytorch_version")))
-    readme = write_readme(out, sub, runs, nproc, env_note)
+    readme = _write_readme(out, sub, runs, nproc, run_env or {})
     print(f"\nwrote {target}: val_bpb {sub['val_bpb']:.8f} (std {sub['val_bpb_std']:.8f}) over seeds "
           f"{' '.join(map(str, seeds))}; bytes_total {sub['bytes_total']:,}; hardware {sub['hardware']}")
     print(f"README.md: {readme}; requirements.txt written")
     return 0
+
+
+def _write_readme(out: str, sub: dict, runs: dict, nproc: int, run_env: dict[str, str]) -> str:
+    """A new README: the stub with this module's Reproduce section; an existing one: its results only."""
+    path = os.path.join(out, "README.md")
+    if os.path.isfile(path):
+        return write_readme(out, sub, runs, nproc)  # the author's text stays; results refreshed
+    stub = readme_stub(sub, runs, nproc, existing_images(out, runs))
+    head, sep, _ = stub.partition("\n## Reproduce\n")
+    if not sep:
+        raise AssertionError("pgolf.submission.readme_stub: no '## Reproduce' section to replace")
+    hparams = next((r.hparams for r in runs.values() if r.hparams), {})
+    name = os.path.basename(os.path.normpath(os.path.abspath(out)))
+    write_text(path, head + "\n" + reproduce_section(name, sub, nproc, hparams, run_env))
+    return "written"
+
+
+def _base(path: object) -> str:
+    return os.path.basename(os.path.normpath(path)) if isinstance(path, str) and path.strip() else ""
+
+
+def reproduce_section(name: str, sub: dict, nproc: int, hparams: dict, run_env: dict[str, str]) -> str:
+    """The README's "## Reproduce" section: commands for the challenge's layout and for the image.
+
+    Paths come out relative to the challenge repository's root (``./data/datasets/DS``,
+    ``./data/tokenizers/TOK``, ``records/track_T/NAME``) or as the container's mounts
+    (``/data/...``, ``/records/...``): of the recording machine's paths only basenames are used.
+    """
+    seeds = " ".join(str(s) for s in sub["seeds"])
+    folder = f"records/track_{sub.get('track', 'unknown')}/{name}"
+    parent = os.path.dirname(folder)
+    ds = _base(hparams.get("data_path") or run_env.get("DATA_PATH")) or CONTAINER_DATASET
+    tok = _base(hparams.get("tokenizer_path") or run_env.get("TOKENIZER_PATH")) or CONTAINER_TOKENIZER
+    preset = str(hparams.get("preset") or run_env.get("PRESET") or "")
+    vocab = str(hparams.get("vocab_size") or run_env.get("VOCAB_SIZE") or "")
+    # the rest of the run's own environment (--env K=V); a value that is a path of the recording
+    # machine is left out, and named below the commands
+    common = {k: v for k, v in (("PRESET", preset), ("VOCAB_SIZE", vocab)) if v}
+    hidden = []
+    for k, v in run_env.items():
+        if k in ("DATA_PATH", "TOKENIZER_PATH", "PRESET", "VOCAB_SIZE") or k in PIPELINE_VARS:
+            continue
+        if os.path.isabs(v):
+            hidden.append(k)
+        else:
+            common[k] = v
+    host_env = {**common, "DATA_PATH": f"{CHALLENGE_DATASETS}/{ds}",
+                "TOKENIZER_PATH": f"{CHALLENGE_TOKENIZERS}/{tok}"}
+    box_env = dict(common)
+    if (ds, tok) != (CONTAINER_DATASET, CONTAINER_TOKENIZER):
+        box_env.update(DATA_PATH=f"{CONTAINER_DATA}/datasets/{ds}",
+                       TOKENIZER_PATH=f"{CONTAINER_DATA}/tokenizers/{tok}")
+    q = shlex.quote
+    gpu = "--gpus all --ipc=host " if preset != "tiny" else ""
+    env_line = " ".join(f"{k}={q(v)}" for k, v in host_env.items())
+    e_flags = "".join(f" -e {k}={q(v)}" for k, v in box_env.items())
+    who = " ".join(f"--{k.replace('_', '-')} {q(str(sub.get(k, '')))}" for k in ("author", "github_id"))
+    title = q(f"{sub.get('name') or name} (re-run)")
+    rerun = f"{name}_rerun"
+    val_mount = f'"$PWD/$f:{CONTAINER_DATA}/datasets/{ds}/${{f##*/}}:ro"'
+    note = (f"\nLeft out of the commands: {', '.join(sorted(hidden))} (paths on the machine that recorded "
+            f"this run).\n" if hidden else "")
+    return f"""## Reproduce
+
+From the root of a checkout of the challenge's repository, with this folder at
+`{folder}` and the data in the challenge's layout
+(`{CHALLENGE_DATASETS}/{ds}/`, `{CHALLENGE_TOKENIZERS}/{tok}`):
+
+```bash
+for SEED in {seeds}; do
+  {env_line} \\
+  SEED=$SEED RUN_ID=train_seed$SEED \\
+    torchrun --standalone --nproc_per_node={nproc} {folder}/train_gpt.py
+done
+```
+
+The same runs in the bundle's container (image `{IMAGE}`, docker/README.md: data read-only at
+`{CONTAINER_DATA}`, records at `/records`), into a new folder `{parent}/{rerun}`:
+
+```bash
+docker run --rm {gpu}--user "$(id -u):$(id -g)" \\
+  -v "$PWD/data:{CONTAINER_DATA}:ro" -v "$PWD/{parent}:/records"{e_flags} \\
+  {IMAGE} record {rerun} --script /records/{name}/train_gpt.py --seeds {seeds} --nproc {nproc} \\
+  {who} --name {title}
+```
+
+The score from the saved artifacts alone, with no training data and no network (per seed an
+eval-only run of `train_gpt.py` on its `.ptz`, val_bpb compared with the log):
+
+```bash
+VAL=(); for f in data/datasets/{ds}/fineweb_val_*.bin; do VAL+=(-v {val_mount}); done
+docker run --rm {gpu}--network none "${{VAL[@]}}" \\
+  -v "$PWD/data/tokenizers/{tok}:{CONTAINER_DATA}/tokenizers/{tok}:ro" \\
+  -v "$PWD/{folder}:/records/{name}:ro"{e_flags} \\
+  {IMAGE} reproduce {name}
+```
+{note}
+Logs: `train_seed{{SEED}}.log`; compressed models: `train_seed{{SEED}}.ptz`; `submission.json` was written
+from the logs by `python -m pgolf record`.
+"""
 
 
 def _is_complete(out: str, seed: int) -> bool:

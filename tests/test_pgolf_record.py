@@ -95,6 +95,11 @@ def test_crash_keeps_done_seeds_then_resume_then_force(setup, capsys):
     assert "torch==2.13.0+fake" in (folder / "requirements.txt").read_text()
     readme = (folder / "README.md").read_text()
     assert "# Fixture record" in readme and "<!-- pgolf:results:begin -->" in readme
+    # the commands name the challenge's layout and the container's mounts, not this machine's paths
+    assert "PRESET=tiny DATA_PATH=./data/datasets/fineweb10B_sp1024 " \
+           "TOKENIZER_PATH=./data/tokenizers/text_1024_bpe.model" in readme
+    assert "torchrun --standalone --nproc_per_node=1 records/track_10min_16mb/records/train_gpt.py" in readme
+    assert "pgolf reproduce records" in readme and str(folder.parent) not in readme
 
     rc = record()  # everything complete: nothing runs, submission.json is rebuilt identically
     capsys.readouterr()
@@ -148,3 +153,55 @@ def test_bad_invocations_fail_before_running(setup, capsys, tmp_path):
         err = capsys.readouterr().err
         assert rc == 1 and "PRESET=pr1493 needs 1 CUDA GPU(s) for --nproc 1, found 0" in err
     assert launches(count) == []
+    assert not folder.exists()  # every check comes before the first write
+
+
+def _section(**kw) -> str:
+    from pgolf.record import reproduce_section
+
+    sub = {"seeds": [42, 314, 999], "track": "10min_16mb", "author": "Ada L", "github_id": "ada",
+           "name": "My run"}
+    args = {"name": "2026-05-01_my_run", "sub": sub, "nproc": 8, "run_env": {},
+            "hparams": {"preset": "pr1855", "vocab_size": 8192,
+                        "data_path": "/mnt/scratch/me/data/datasets/fineweb10B_sp8192/",
+                        "tokenizer_path": "/mnt/scratch/me/data/tokenizers/fineweb_8192_bpe.model"}}
+    args.update(kw)
+    return reproduce_section(**args)
+
+
+def test_reproduce_section_uses_the_challenge_layout_and_the_container():
+    text = _section()
+    assert "/mnt/scratch" not in text
+    assert ("PRESET=pr1855 VOCAB_SIZE=8192 DATA_PATH=./data/datasets/fineweb10B_sp8192 "
+            "TOKENIZER_PATH=./data/tokenizers/fineweb_8192_bpe.model \\\n") in text
+    folder = "records/track_10min_16mb/2026-05-01_my_run"
+    assert f"torchrun --standalone --nproc_per_node=8 {folder}/train_gpt.py" in text
+    # training again in the container: the folder's own script, the data read-only, a new folder
+    assert ('docker run --rm --gpus all --ipc=host --user "$(id -u):$(id -g)" \\\n'
+            '  -v "$PWD/data:/data:ro" -v "$PWD/records/track_10min_16mb:/records" -e PRESET=pr1855 '
+            "-e VOCAB_SIZE=8192 \\\n  pgolf record 2026-05-01_my_run_rerun --script "
+            "/records/2026-05-01_my_run/train_gpt.py --seeds 42 314 999 --nproc 8 \\\n"
+            "  --author 'Ada L' --github-id ada --name 'My run (re-run)'") in text
+    # the score from the artifacts: val shards + tokenizer read-only, no network, the folder read-only
+    assert ('VAL+=(-v "$PWD/$f:/data/datasets/fineweb10B_sp8192/${f##*/}:ro")' in text
+            and "docker run --rm --gpus all --ipc=host --network none" in text)
+    tok = "fineweb_8192_bpe.model"
+    assert f'-v "$PWD/data/tokenizers/{tok}:/data/tokenizers/{tok}:ro"' in text
+    assert '-v "$PWD/records/track_10min_16mb/2026-05-01_my_run:/records/2026-05-01_my_run:ro"' in text
+    assert "pgolf reproduce 2026-05-01_my_run\n" in text
+
+
+def test_reproduce_section_other_data_cpu_preset_and_machine_paths():
+    text = _section(hparams={"preset": "tiny", "vocab_size": 1024,
+                             "data_path": "/tmp/x/data/datasets/fineweb10B_sp1024",
+                             "tokenizer_path": "/tmp/x/data/tokenizers/text_1024_bpe.model"},
+                    run_env={"ITERATIONS": "20", "CODE_PATH": "/home/me/train_gpt.py", "SEED": "1"}, nproc=1)
+    assert "/tmp/x" not in text and "/home/me" not in text
+    assert "--gpus" not in text  # PRESET=tiny runs on CPU
+    # the data are not the container's default names: the mounts are named with -e
+    assert ("-e PRESET=tiny -e VOCAB_SIZE=1024 -e ITERATIONS=20 "
+            "-e DATA_PATH=/data/datasets/fineweb10B_sp1024 "
+            "-e TOKENIZER_PATH=/data/tokenizers/text_1024_bpe.model") in text
+    assert "ITERATIONS=20 DATA_PATH=./data/datasets/fineweb10B_sp1024" in text
+    assert "Left out of the commands: CODE_PATH (paths on the machine that recorded this run)." in text
+    assert "SEED=1" not in text
