@@ -127,6 +127,38 @@ D)  # ours (pr1493, seeded shuffled windows) vs the 1.0810 reference on document
   cp /tmp/cmp1493/ref_work/logs/ref.txt "$OUT/ordered-ref.txt" 2>/dev/null
   cat "$OUT/ordered-pr1493.md" 2>/dev/null || tail -20 "$OUT/ordered-pr1493.console"
   ;;
+F)  # cold machine, no FA4: a short eager pr1855 run to an artifact (its console kept), the strict
+    # final evaluation of that artifact (compiled phased LoRA TTT) and its extrapolation; then a
+    # few steps of the 1.0611 reference, to keep its error if it fails again
+  env_report
+  ensure_setup || exit 1
+  mkdir -p /tmp/f
+  stamp "short run"
+  env PRESET=pr1855 COMPILE=0 ITERATIONS=6 WARMUP_STEPS=0 MAX_WALLCLOCK_SECONDS=0 GPTQ_RESERVE_SECONDS=0 \
+    TRAIN_BATCH_TOKENS=196608 TTT_ENABLED=0 PREQUANT_EVAL=0 VAL_LOSS_EVERY=0 DATA_PATH="$CO" \
+    TOKENIZER_PATH="$COTOK" OUTPUT_DIR=/tmp/f RUN_ID=short timeout 150 python3 submission/train_gpt.py \
+    >"$OUT/short.console" 2>&1
+  cp /tmp/f/short.log "$OUT/" 2>/dev/null
+  tail -4 "$OUT/short.console"
+  stamp "eval-only (strict timer, compiled TTT)"
+  python3 bench/synth_val.py --out /tmp/fullval >"$OUT/eval_budget.txt" 2>&1
+  env PRESET=pr1855 EVAL_ONLY=1 ARTIFACT=/tmp/f/short.ptz DATA_PATH="$CO" TOKENIZER_PATH="$COTOK" \
+    OUTPUT_DIR="$OUT" RUN_ID=evalonly PHASED_TTT_PREFIX_DOCS=40 \
+    timeout $(( 480 - ($(date +%s) - T0) )) python3 submission/train_gpt.py >"$OUT/evalonly.console" 2>&1
+  grep -E "eval_part|ttt_part|total_eval|final" "$OUT/evalonly.log" 2>/dev/null | tail -14
+  timeout 40 python3 bench/eval_budget.py "$OUT/evalonly.log" --val "/tmp/fullval/fineweb_val_*.bin" --gpus 8 \
+    --set PHASED_TTT_PREFIX_DOCS=2500 >>"$OUT/eval_budget.txt" 2>&1
+  tail -16 "$OUT/eval_budget.txt"
+  stamp "reference, a few steps"
+  left=$(( 570 - ($(date +%s) - T0) ))
+  if [ "$left" -gt 30 ]; then
+    timeout "$left" python3 bench/ref_compare.py --ref .gpu/ref/sota_train_gpt.py --only ref --preset pr1855 \
+      --data "$CO" --tokenizer "$COTOK" --steps 3 --val-every 0 --gpus 0 --out /tmp/fref --timeout "$left" \
+      --ref-env "${SOTA_ENV[@]}" >"$OUT/ref_short.txt" 2>&1
+    cp /tmp/fref/ref.console.txt "$OUT/ref.console.txt" 2>/dev/null
+    grep -v "^  \|^W" "$OUT/ref.console.txt" 2>/dev/null | grep -E "Error|error|Traceback" -A 3 | tail -12
+  fi
+  ;;
 esac
 stamp "phase $PHASE done"
 # one archive: a call brings back at most 8 files
