@@ -205,3 +205,18 @@ def test_pergroup_refuses_a_bad_permutation(setup, tmp_path):
     path.write_bytes(rebuild_artifact(blob, edit_raw=dup))
     with pytest.raises(ArtifactError, match="not a permutation"):
         load_artifact(str(path))
+
+
+def test_lrzip_gets_the_library_path(tmp_path, monkeypatch):
+    """An lrzip unpacked outside the system folders (as on the lent GPU machines) finds its shared
+    libraries: LD_LIBRARY_PATH reaches the child, whose environment is otherwise minimal."""
+    seen = tmp_path / "seen.txt"
+    fake = tmp_path / "bin" / "lrzip"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$LD_LIBRARY_PATH" > {seen}\nexit 3\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/lrz/lib")
+    with pytest.raises(CodecError, match="status 3"):
+        lrzip_compress(b"x" * 100)
+    assert seen.read_text().strip() == "/opt/lrz/lib"

@@ -109,6 +109,8 @@ def _run_lrzip(args: list[str], workdir: str, what: str) -> None:
                          "(install the Debian package lrzip)")
     env = {"PATH": os.environ.get("PATH", ""), "LRZIP": "NOCONFIG", "HOME": workdir, "TMPDIR": workdir,
            "TMP": workdir}
+    if os.environ.get("LD_LIBRARY_PATH"):  # an lrzip unpacked outside the system dirs finds its libraries
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
     try:
         r = subprocess.run([exe, *args], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=LRZIP_TIMEOUT_S, check=False)

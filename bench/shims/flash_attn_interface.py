@@ -17,9 +17,19 @@ from trainer.attention import causal_attention, select_attention_backend, varlen
 _SELECTED: dict[str, str] = {}
 
 
+def _select(device: torch.device) -> None:
+    _SELECTED["name"] = select_attention_backend(device, os.environ.get("PGOLF_SHIM_BACKEND", "auto"))
+
+
+# chosen at import, outside any compiled graph: the selection imports modules and probes kernels,
+# which dynamo refuses to trace (the first call usually happens inside the reference's compiled model)
+if torch.cuda.is_available():
+    _select(torch.device("cuda", torch.cuda.current_device()))
+
+
 def _ensure_backend(t: torch.Tensor) -> None:
     if "name" not in _SELECTED:
-        _SELECTED["name"] = select_attention_backend(t.device, os.environ.get("PGOLF_SHIM_BACKEND", "auto"))
+        _select(t.device)
 
 
 def flash_attn_func(q, k, v, causal=True, **_kwargs):
