@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== record: seeds {' '.join(map(str, args.seeds))} -> {records}", flush=True)
     rec_args = ["--out", records, "--script", script, "--nproc", str(args.nproc), "--seeds",
                 *map(str, args.seeds), "--data-path", ds, "--tokenizer-path", tok,
-                "--vocab-size", str(args.vocab_size), "--env", "PRESET=tiny", *args.env]
+                "--vocab-size", str(args.vocab_size), "--env", "PRESET=tiny",
+                # one thread per run: a toy model gains nothing from more, and two OpenMP threads on
+                # a busy 2-core machine made each step ~10x slower (spin-waiting), measured here
+                "OMP_NUM_THREADS=1", *args.env]
     for k, v in META.items():
         rec_args += [f"--{k.replace('_', '-')}", v]
     if args.force:
