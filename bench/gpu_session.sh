@@ -56,6 +56,35 @@ SOTA_ENV=(CASEOPS_ENABLED=1 EMBED_BITS=7 MATRIX_LR=0.026 MIN_LR=0.1 MLP_CLIP_SIG
   LQER_TOP_K=3 FUSED_CE_ENABLED=1 GPTQ_CALIBRATION_BATCHES=16 PARALLEL_START_LAYER=8 MUON_MOMENTUM=0.97)
 R1493_ENV=(QK_GAIN_INIT=5.25)
 
+side_by_side() {  # name ref preset data tokenizer steps val_every [ref K=V...]: ours vs a reference
+  local name=$1 ref=$2 preset=$3 data=$4 tok=$5 steps=$6 every=$7
+  shift 7
+  timeout 550 python3 bench/ref_compare.py --ref "$ref" --preset "$preset" --data "$data" --tokenizer "$tok" \
+    --steps "$steps" --val-every "$every" --gpus 0 --out "/tmp/$name" --timeout 540 --ref-env "$@" \
+    --md "$OUT/$name.md" >"$OUT/$name.console" 2>&1
+  cp "/tmp/$name/ours.log" "$OUT/$name-ours.log" 2>/dev/null
+  cp "/tmp/$name/ours.console.txt" "/tmp/$name/ref.console.txt" "$OUT/" 2>/dev/null
+  cat "$OUT/$name.md" 2>/dev/null || tail -20 "$OUT/$name.console"
+}
+
+short_run() {  # [K=V...]: a 6-step eager pr1855 run to /tmp/f/short.ptz
+  mkdir -p /tmp/f
+  env PRESET=pr1855 COMPILE=0 ITERATIONS=6 WARMUP_STEPS=0 MAX_WALLCLOCK_SECONDS=0 GPTQ_RESERVE_SECONDS=0 \
+    TRAIN_BATCH_TOKENS=196608 TTT_ENABLED=0 PREQUANT_EVAL=0 VAL_LOSS_EVERY=0 DATA_PATH="$CO" \
+    TOKENIZER_PATH="$COTOK" OUTPUT_DIR=/tmp/f RUN_ID=short "$@" timeout 150 python3 submission/train_gpt.py
+}
+
+strict_eval() {  # artifact: EVAL_ONLY under the strict timer, then the extrapolation to 8 GPUs
+  python3 bench/synth_val.py --out /tmp/fullval >"$OUT/eval_budget.txt" 2>&1
+  env PRESET=pr1855 EVAL_ONLY=1 ARTIFACT="$1" DATA_PATH="$CO" TOKENIZER_PATH="$COTOK" OUTPUT_DIR="$OUT" \
+    RUN_ID=evalonly PHASED_TTT_PREFIX_DOCS=40 timeout $(( 540 - ($(date +%s) - T0) )) \
+    python3 submission/train_gpt.py >"$OUT/evalonly.console" 2>&1
+  grep -E "eval_part|ttt_part|total_eval|final" "$OUT/evalonly.log" 2>/dev/null | tail -14
+  timeout 40 python3 bench/eval_budget.py "$OUT/evalonly.log" --val "/tmp/fullval/fineweb_val_*.bin" --gpus 8 \
+    --set PHASED_TTT_PREFIX_DOCS=2500 >>"$OUT/eval_budget.txt" 2>&1
+  tail -16 "$OUT/eval_budget.txt"
+}
+
 case "$PHASE" in
 A)  # set up; GPU tests without FA4; parity
   env_report
@@ -94,76 +123,32 @@ C)  # ours (pr1855) vs the 1.0611 reference, one after the other on this GPU
   env_report
   ensure_setup || exit 1
   install_fa4 >/dev/null 2>&1 || true
-  stamp "pr1855 vs the 1.0611 reference"
-  timeout 550 python3 bench/ref_compare.py --ref .gpu/ref/sota_train_gpt.py --preset pr1855 --data "$CO" \
-    --tokenizer "$COTOK" --steps 100 --val-every 50 --gpus 0 --out /tmp/cmp1855 --timeout 540 \
-    --ref-env "${SOTA_ENV[@]}" --md "$OUT/speed-pr1855.md" >"$OUT/speed-pr1855.console" 2>&1
-  cp /tmp/cmp1855/ours.log "$OUT/speed-ours.log" 2>/dev/null
-  cp /tmp/cmp1855/ref_work/logs/ref.txt "$OUT/speed-ref.txt" 2>/dev/null
-  cat "$OUT/speed-pr1855.md" 2>/dev/null || tail -20 "$OUT/speed-pr1855.console"
+  side_by_side speed-pr1855 .gpu/ref/sota_train_gpt.py pr1855 "$CO" "$COTOK" 100 50 "${SOTA_ENV[@]}"
   ;;
-E)  # the strict final evaluation (phased LoRA TTT, compiled) of C's artifact, extrapolated to the
-    # full split on 8 GPUs
+E)  # the strict final evaluation (phased LoRA TTT, compiled) of C's artifact, extrapolated
   env_report
   ensure_setup || exit 1
   install_fa4 >/dev/null 2>&1 || true
-  stamp "eval-only from our artifact"
-  python3 bench/synth_val.py --out /tmp/fullval >"$OUT/eval_budget.txt" 2>&1
-  (cd /tmp/cmp1855 && env PRESET=pr1855 EVAL_ONLY=1 ARTIFACT=/tmp/cmp1855/ours.ptz DATA_PATH="$CO" \
-    TOKENIZER_PATH="$COTOK" OUTPUT_DIR="$OUT" RUN_ID=evalonly PHASED_TTT_PREFIX_DOCS=40 \
-    timeout $(( 560 - ($(date +%s) - T0) )) python3 "$OLDPWD/submission/train_gpt.py" >"$OUT/evalonly.console" 2>&1)
-  grep -E "eval_part|ttt_part|total_eval|final|quantized" "$OUT/evalonly.log" 2>/dev/null | tail -20
-  timeout 60 python3 bench/eval_budget.py "$OUT/evalonly.log" --val "/tmp/fullval/fineweb_val_*.bin" --gpus 8 \
-    --set PHASED_TTT_PREFIX_DOCS=2500 >>"$OUT/eval_budget.txt" 2>&1
-  tail -16 "$OUT/eval_budget.txt"
+  strict_eval /tmp/speed-pr1855/ours.ptz
   ;;
 D)  # ours (pr1493, seeded shuffled windows) vs the 1.0810 reference on documents in file order
   env_report
   ensure_setup || exit 1
-  timeout 540 python3 bench/ref_compare.py --ref .gpu/ref/r1493_train_gpt.py --preset pr1493 --data "$SP" \
-    --tokenizer "$TOK" --steps 100 --val-every 25 --gpus 0 --out /tmp/cmp1493 --timeout 530 \
-    --ref-env "${R1493_ENV[@]}" --md "$OUT/ordered-pr1493.md" >"$OUT/ordered-pr1493.console" 2>&1
-  cp /tmp/cmp1493/ours.log "$OUT/ordered-ours.log" 2>/dev/null
-  cp /tmp/cmp1493/ref_work/logs/ref.txt "$OUT/ordered-ref.txt" 2>/dev/null
-  cat "$OUT/ordered-pr1493.md" 2>/dev/null || tail -20 "$OUT/ordered-pr1493.console"
+  side_by_side ordered-pr1493 .gpu/ref/r1493_train_gpt.py pr1493 "$SP" "$TOK" 100 25 "${R1493_ENV[@]}"
   ;;
-F)  # cold machine, no FA4: a short eager pr1855 run to an artifact (its console kept), the strict
-    # final evaluation of that artifact (compiled phased LoRA TTT) and its extrapolation; then a
-    # few steps of the 1.0611 reference, to keep its error if it fails again
+F)  # cold machine, no FA4: a short eager pr1855 run to an artifact, its strict evaluation, and a
+    # few steps of the 1.0611 reference (to keep its error if it fails again)
   env_report
   ensure_setup || exit 1
-  mkdir -p /tmp/f
-  stamp "short run"
-  env PRESET=pr1855 COMPILE=0 ITERATIONS=6 WARMUP_STEPS=0 MAX_WALLCLOCK_SECONDS=0 GPTQ_RESERVE_SECONDS=0 \
-    TRAIN_BATCH_TOKENS=196608 TTT_ENABLED=0 PREQUANT_EVAL=0 VAL_LOSS_EVERY=0 DATA_PATH="$CO" \
-    TOKENIZER_PATH="$COTOK" OUTPUT_DIR=/tmp/f RUN_ID=short timeout 150 python3 submission/train_gpt.py \
-    >"$OUT/short.console" 2>&1
+  short_run >"$OUT/short.console" 2>&1 || short_run COMPRESSOR=brotli >"$OUT/short_brotli.console" 2>&1
   cp /tmp/f/short.log "$OUT/" 2>/dev/null
-  tail -4 "$OUT/short.console"
-  if [ ! -f /tmp/f/short.ptz ]; then  # keep the evaluation measurement even if the codec failed
-    stamp "retry with COMPRESSOR=brotli"
-    env PRESET=pr1855 COMPILE=0 ITERATIONS=6 WARMUP_STEPS=0 MAX_WALLCLOCK_SECONDS=0 GPTQ_RESERVE_SECONDS=0 \
-      TRAIN_BATCH_TOKENS=196608 TTT_ENABLED=0 PREQUANT_EVAL=0 VAL_LOSS_EVERY=0 DATA_PATH="$CO" \
-      TOKENIZER_PATH="$COTOK" OUTPUT_DIR=/tmp/f RUN_ID=short COMPRESSOR=brotli timeout 120 \
-      python3 submission/train_gpt.py >"$OUT/short_brotli.console" 2>&1
-  fi
-  stamp "eval-only (strict timer, compiled TTT)"
-  python3 bench/synth_val.py --out /tmp/fullval >"$OUT/eval_budget.txt" 2>&1
-  env PRESET=pr1855 EVAL_ONLY=1 ARTIFACT=/tmp/f/short.ptz DATA_PATH="$CO" TOKENIZER_PATH="$COTOK" \
-    OUTPUT_DIR="$OUT" RUN_ID=evalonly PHASED_TTT_PREFIX_DOCS=40 \
-    timeout $(( 480 - ($(date +%s) - T0) )) python3 submission/train_gpt.py >"$OUT/evalonly.console" 2>&1
-  grep -E "eval_part|ttt_part|total_eval|final" "$OUT/evalonly.log" 2>/dev/null | tail -14
-  timeout 40 python3 bench/eval_budget.py "$OUT/evalonly.log" --val "/tmp/fullval/fineweb_val_*.bin" --gpus 8 \
-    --set PHASED_TTT_PREFIX_DOCS=2500 >>"$OUT/eval_budget.txt" 2>&1
-  tail -16 "$OUT/eval_budget.txt"
-  stamp "reference, a few steps"
+  strict_eval /tmp/f/short.ptz
   left=$(( 570 - ($(date +%s) - T0) ))
   if [ "$left" -gt 30 ]; then
     timeout "$left" python3 bench/ref_compare.py --ref .gpu/ref/sota_train_gpt.py --only ref --preset pr1855 \
       --data "$CO" --tokenizer "$COTOK" --steps 3 --val-every 0 --gpus 0 --out /tmp/fref --timeout "$left" \
       --ref-env "${SOTA_ENV[@]}" >"$OUT/ref_short.txt" 2>&1
     cp /tmp/fref/ref.console.txt "$OUT/ref.console.txt" 2>/dev/null
-    grep -v "^  \|^W" "$OUT/ref.console.txt" 2>/dev/null | grep -E "Error|error|Traceback" -A 3 | tail -12
   fi
   ;;
 esac
