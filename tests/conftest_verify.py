@@ -22,6 +22,20 @@ SEEDS = (42, 314, 999)
 LOSSES = {42: 2.30011234, 314: 2.30122345, 999: 2.29933456}
 BPB_PER_LOSS = 0.45678  # val_bpb = val_loss * this (any fixed tokens/bytes ratio)
 
+# train() and quantize() of every stand-in train_gpt.py (tests/verify_fixtures.py's scaffold has them too)
+TRAIN_AND_QUANTIZE = '''def train(model, opt, train_loader, steps):
+    for step in range(steps):
+        x, y = train_loader.next_batch()
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def quantize(model):
+    return {k: v.half() for k, v in model.state_dict().items()}
+'''
+
 CLEAN_TRAIN_GPT = '''"""A tiny stand-in for a record's train_gpt.py: verify's tests scan it, never run it."""
 import os
 
@@ -35,18 +49,7 @@ def eval_val(model, val_tokens):
         return model(val_tokens[:-1], val_tokens[1:])
 
 
-def train(model, opt, train_loader, steps):
-    for step in range(steps):
-        x, y = train_loader.next_batch()
-        loss = model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-
-def quantize(model):
-    return {k: v.half() for k, v in model.state_dict().items()}
-
+''' + TRAIN_AND_QUANTIZE + '''
 
 def main(model, opt, train_loader, val_tokens):
     train(model, opt, train_loader, 10)

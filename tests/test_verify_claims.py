@@ -5,16 +5,13 @@ evaluation timer."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 from conftest_verify import make_record
+from verify_cases import build_case
 
 from verify.claims import read_claim
 from verify.context import load_context
 from verify.runner import verify_folder
-
-FIX = Path(__file__).resolve().parent / "fixtures" / "verify"
 
 
 def by_id(results):
@@ -76,15 +73,14 @@ def test_several_runs_of_one_seed_only_the_claimed_one_counts(tmp_path):
     )
 
 
-def test_training_data_after_the_cap_fails_when_the_log_says_so():
-    res = by_id(verify_folder(FIX / "r_gptq_after_cap"))["time"]
+def test_training_data_after_the_cap_fails_when_the_log_says_so(tmp_path):
+    res = by_id(verify_folder(build_case(tmp_path, "r_gptq_after_cap")))["time"]
     fail = texts(res, "FAIL")
     assert fail and fail[0].startswith("[R-data] train_seed42.log:") and "until 609.1 s > 600 s" in fail[0]
 
 
 def test_training_data_after_the_cap_warns_when_only_the_code_shows_it(tmp_path):
-    folder = tmp_path / "r"
-    shutil.copytree(FIX / "r_gptq_after_cap", folder)
+    folder = build_case(tmp_path, "r_gptq_after_cap")
     log = folder / "train_seed42.log"
     log.write_text(
         log.read_text()

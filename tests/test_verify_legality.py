@@ -1,6 +1,7 @@
-"""Check 7: each C1-C4 detector on a synthetic folder of tests/fixtures/verify/, the legal designs that must
-pass (score-first TTT, phased LoRA TTT, full-distribution blends, a causal cache, a SLOT path switched off),
-the log-proven breaks (FAIL), and the project's own trainer and the 1.0611 record (no finding)."""
+"""Check 7: each C1-C4 detector on a synthetic records folder (tests/verify_cases.py), the legal designs
+that must pass (score-first TTT, phased LoRA TTT, full-distribution blends, a causal cache, a SLOT path
+switched off), the log-proven breaks (FAIL), and the project's own trainer and the 1.0611 record (no
+finding)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import glob
 from pathlib import Path
 
 import pytest
+from verify_cases import build_case
+from verify_fixtures import Case, write_record
 
 from verify.checks.legality import code_hits
 from verify.runner import verify_folder
 from verify.unpack import unpack_source
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "verify"
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 if not SHARED.is_dir():
@@ -43,22 +45,26 @@ def legality(folder: Path):
         ("c4_two_pass", "[C4 multi-pass]"),
     ],
 )
-def test_each_code_pattern_warns_with_its_condition(case, tag):
-    res = legality(FIX / case)
+def test_each_code_pattern_warns_with_its_condition(tmp_path, case, tag):
+    res = legality(build_case(tmp_path, case))
     assert res.status == "WARN", [f.text for f in res.findings]
     hits = [f.text for f in res.findings if f.status == "WARN" and f.text.startswith(tag)]
     assert hits, [f.text for f in res.findings]
     assert all("train_gpt.py:" in h for h in hits)  # file:line
 
 
-def test_the_warning_names_the_lines_and_what_follows():
-    res = legality(FIX / "c3_prequant_ttt")
+def test_the_warning_names_the_lines_and_what_follows(tmp_path):
+    folder = build_case(tmp_path, "c3_prequant_ttt")
+    res = legality(folder)
     text = next(f.text for f in res.findings if f.text.startswith("[C3 val-training]"))
-    src = (FIX / "c3_prequant_ttt" / "train_gpt.py").read_text().splitlines()
+    src = (folder / "train_gpt.py").read_text().splitlines()
     line = src.index("    ttt_adapt(model, val_tokens)") + 1
+    assert line == 55  # main()'s call of ttt_adapt(), after the scaffold and the pattern
     assert f"train_gpt.py:{line}:" in text and "ttt_adapt()" in text and "pre-quant TTT" in text
     rescore = next(
-        f.text for f in legality(FIX / "c3_rescore_after_ttt").findings if "val-training" in f.text
+        f.text
+        for f in legality(build_case(tmp_path, "c3_rescore_after_ttt")).findings
+        if "val-training" in f.text
     )
     assert "then scores them with eval_val()" in rescore
 
@@ -72,22 +78,26 @@ def test_the_warning_names_the_lines_and_what_follows():
         "legal_disabled_slot",
     ],
 )
-def test_legal_designs_pass(case):
-    res = legality(FIX / case)
+def test_legal_designs_pass(tmp_path, case):
+    res = legality(build_case(tmp_path, case))
     assert res.status == "PASS", [f.text for f in res.findings]
 
 
-def test_a_path_the_claimed_runs_switch_off_is_reported_not_warned():
-    res = legality(FIX / "legal_disabled_slot")
+def test_the_scaffold_alone_is_a_clean_record(tmp_path):
+    """What the cases share gets no finding from any check: a case's finding comes from what it adds."""
+    results = verify_folder(write_record(tmp_path / "plain", Case()))
+    bad = {r.id: [f.text for f in r.findings] for r in results if r.status not in ("PASS", "SKIP")}
+    assert not bad and legality(tmp_path / "plain").status == "PASS", bad
+
+
+def test_a_path_the_claimed_runs_switch_off_is_reported_not_warned(tmp_path):
+    res = legality(build_case(tmp_path, "legal_disabled_slot"))
     note = [f.text for f in res.findings if "not run:" in f.text]
     assert note and "[C3 update-before-score]" in note[0] and "SLOT_ENABLED" in note[0] and "'0'" in note[0]
 
 
 def test_a_logged_setting_turns_the_path_on(tmp_path):
-    import shutil
-
-    folder = tmp_path / "slot_on"
-    shutil.copytree(FIX / "legal_disabled_slot", folder)
+    folder = build_case(tmp_path, "legal_disabled_slot")
     log = folder / "train_seed42.log"
     log.write_text("Hyperparameters:\n  slot_enabled: True\n" + log.read_text())
     res = legality(folder)
@@ -98,8 +108,8 @@ def test_a_logged_setting_turns_the_path_on(tmp_path):
     "case,tag",
     [("c3_log_ttt_before_artifact", "[C3 ttt-before-artifact]"), ("c4_log_second_pass", "[C4 second-pass]")],
 )
-def test_a_break_the_log_proves_fails(case, tag):
-    res = legality(FIX / case)
+def test_a_break_the_log_proves_fails(tmp_path, case, tag):
+    res = legality(build_case(tmp_path, case))
     fails = [f.text for f in res.findings if f.status == "FAIL"]
     assert res.status == "FAIL" and fails and fails[0].startswith(tag) and "train_seed42.log:" in fails[0]
 

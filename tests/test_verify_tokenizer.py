@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 from conftest_verify import make_record, pgolf_log
+from verify_cases import build_case
 
 from trainer.bpb import ByteCounter
 from trainer.data import HEADER_INTS, SHARD_MAGIC, SHARD_VERSION
@@ -148,30 +149,27 @@ def test_shards_of_another_tokenizer_fail(tmp_path, sp_model):
 
 # ---------------------------------------------------------------------------- static byte accounting
 
-FIX = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "verify"
+def _tok(root, case: str):
+    return next(r for r in verify_folder(build_case(root, case)) if r.id == "tokenizer")
 
 
-def _tok(case: str):
-    return next(r for r in verify_folder(FIX / case) if r.id == "tokenizer")
-
-
-def test_marker_pieces_counted_as_text_warn():
-    res = _tok("tok_markers_counted")
+def test_marker_pieces_counted_as_text_warn(tmp_path):
+    res = _tok(tmp_path, "tok_markers_counted")
     warn = [f.text for f in res.findings if f.status == "WARN"]
     assert res.status == "WARN" and warn[0].startswith("[bytes] custom_caps.model: 2 user-defined piece(s)")
     assert "no byte sidecar" in warn[0]
 
 
-def test_marker_pieces_with_original_byte_sidecars_pass():
-    res = _tok("tok_markers_sidecar")
+def test_marker_pieces_with_original_byte_sidecars_pass(tmp_path):
+    res = _tok(tmp_path, "tok_markers_sidecar")
     assert res.status != "WARN", [f.text for f in res.findings]
     assert any(
         "per-token sidecars (fineweb_val_bytes)" in f.text and f.status == "PASS" for f in res.findings
     )
 
 
-def test_a_shipped_byte_table_is_compared_with_the_pieces():
-    res = _tok("tok_npz_table")
+def test_a_shipped_byte_table_is_compared_with_the_pieces(tmp_path):
+    res = _tok(tmp_path, "tok_npz_table")
     warn = [f.text for f in res.findings if f.status == "WARN"]
     assert any(
         "byte_table.npz:base_bytes counts more bytes than the text of 1 piece" in w and "'ly': 6 > 2" in w
@@ -179,8 +177,8 @@ def test_a_shipped_byte_table_is_compared_with_the_pieces():
     ), warn
 
 
-def test_a_byte_table_written_into_the_code_warns():
-    res = _tok("tok_code_table")
+def test_a_byte_table_written_into_the_code_warns(tmp_path):
+    res = _tok(tmp_path, "tok_code_table")
     assert any(
         f.text.startswith("[bytes] train_gpt.py:")
         and "hard-coded byte table BASE_BYTES (260 entries)" in f.text
