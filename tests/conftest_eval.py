@@ -4,6 +4,7 @@ streams (documents separated by BOS), and a tiny causal LM that follows the mode
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import io
@@ -12,6 +13,7 @@ import pydoc_data.topics
 import pytest
 import sentencepiece as spm
 import torch
+import torch.distributed as tdist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -73,6 +75,19 @@ def real_val_tokens(n: int) -> torch.Tensor:
 
 def cpu_dist() -> DistInfo:
     return DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, init: str):
+    """A gloo process group for a spawned test worker. On success every rank meets at a barrier
+    before the group is torn down: a rank that destroyed it while a peer still used it aborted
+    that peer (SIGABRT, "terminate called without an active exception") on a busy CI machine."""
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        yield DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+        tdist.barrier()
+    finally:
+        tdist.destroy_process_group()
 
 
 def eval_hparams(**over) -> Hyperparameters:

@@ -14,13 +14,13 @@ from conftest_eval import (
     TinyCausalLM,
     cpu_dist,
     eval_hparams,
+    gloo_group,
     make_sp,
     real_val_tokens,
     single_thread,  # noqa: F401 - autouse fixture
 )
 
 from trainer.bpb import ByteCounter, position_bytes
-from trainer.dist import DistInfo
 from trainer.evaluate import eval_sliding
 from trainer.probes import TokenTimeline, check_timelines
 from trainer.ttt import eval_ttt, ttt_chunk_bounds, ttt_lr_at
@@ -121,10 +121,8 @@ DIST_CASES = [dict(), dict(ttt_chunk_tokens=96, ttt_batch_seqs=3, eval_batch_seq
 
 
 def _worker(rank: int, world: int, init: str, tokens, state, out_path: str) -> None:
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init) as dist:
         torch.set_num_threads(1)
-        dist = DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
         counter = ByteCounter(make_sp(), 768)
         results = []
         for over in DIST_CASES:
@@ -145,8 +143,6 @@ def _worker(rank: int, world: int, init: str, tokens, state, out_path: str) -> N
                                 weights=flat, timelines=timelines))
         if rank == 0:
             torch.save(results, out_path)
-    finally:
-        tdist.destroy_process_group()
 
 
 @pytest.mark.slow

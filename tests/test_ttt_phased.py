@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest_eval import (
     cpu_dist,
+    gloo_group,
     lora_hparams,
     make_sp,
     paragraph_val_tokens,
@@ -338,10 +339,8 @@ def test_budget_stop_keeps_the_score_legal(stream):
 # --- two gloo processes against one -------------------------------------------------------------
 
 def _worker(rank: int, world: int, init: str, tokens, vb, state, out_path: str) -> None:
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init) as dist:
         torch.set_num_threads(1)
-        dist = DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
         model = tiny_gpt()
         model.load_state_dict(state)
         tl = TokenTimeline(tokens.numel())
@@ -352,8 +351,6 @@ def _worker(rank: int, world: int, init: str, tokens, vb, state, out_path: str) 
         if rank == 0:
             torch.save(dict(nll=res.nll_sum, tokens=res.tokens, bytes=res.bytes, bpb=res.val_bpb,
                             ranks=gathered), out_path)
-    finally:
-        tdist.destroy_process_group()
 
 
 @pytest.mark.slow
