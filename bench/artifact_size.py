@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trainer.accounting import fit_to_limit  # noqa: E402
-from trainer.artifact import encode_artifact, load_artifact, write_artifact  # noqa: E402
+from trainer.artifact import load_artifact, write_artifact  # noqa: E402
 from trainer.config import Hyperparameters  # noqa: E402
 from trainer.quant import quantize_model, tensor_class  # noqa: E402
 from trainer.train import build_model  # noqa: E402
@@ -50,7 +50,7 @@ LOGGED_SIZE = re.compile(r"Serialized model quantized\+\w+:\s*([\d,]+) bytes|art
 
 
 def record_sizes(preset: str) -> list[int]:
-    """The model bytes the record logged per seed (empty when ../shared is absent)."""
+    """The artifact bytes the record logged per seed (empty when ../shared is absent)."""
     if preset not in RECORD_SOURCES:
         return []
     out: list[int] = []
@@ -84,7 +84,6 @@ def measure(preset: str, kind: str, seed: int, code_path: Path, env: dict[str, s
     qm = quantize_model(h, model, None)
     t1 = time.perf_counter()
     code_bytes = code_path.stat().st_size
-    unpruned = len(encode_artifact(qm, h.compressor).blob)
     fit = fit_to_limit(qm, None, code_bytes=code_bytes, limit_bytes=h.artifact_limit_bytes,
                        codec=h.compressor)
     t2 = time.perf_counter()
@@ -93,7 +92,7 @@ def measure(preset: str, kind: str, seed: int, code_path: Path, env: dict[str, s
         write_artifact(path, fit.encoded.blob)
         load_artifact(path)
     acc = fit.account
-    return dict(preset=preset, weights=kind, params=params, codec=fit.codec, unpruned=unpruned,
+    return dict(preset=preset, weights=kind, params=params, codec=fit.codec, unpruned=fit.unpruned_bytes,
                 model=acc.model_bytes, code=acc.code_bytes, total=acc.total_bytes,
                 headroom=acc.headroom_bytes, pruned=fit.pruned_values, quant_s=t1 - t0, fit_s=t2 - t1,
                 record=record_sizes(preset))

@@ -246,6 +246,7 @@ def test_fit_to_limit_prunes_until_it_fits(setup, tmp_path):
     fit = fit_to_limit(qm, hess, code_bytes=code, limit_bytes=limit, codec="brotli", log=logs.append)
     assert fit.pruned_values > 0 and logs and qm.meta["pruned_values"] == fit.pruned_values
     assert fit.account.total_bytes <= limit and fit.account.total_bytes == code + len(fit.encoded.blob)
+    assert same.unpruned_bytes == fit.unpruned_bytes == base  # the model as quantized, before pruning
     path = tmp_path / "fit.ptz"
     assert write_artifact(str(path), fit.encoded.blob) == fit.account.model_bytes
     zeros = lambda m: sum(int((t.q == 0).sum()) for t in m.tensors.values() if t.kind == "int")  # noqa: E731

@@ -76,6 +76,7 @@ class FitResult:
     pruned_values: int  # ±1 values set to 0 (0 if it fitted as is)
     rounds: int  # encodings tried
     account: ByteAccount  # code + the encoded model against the limit (headroom >= 0)
+    unpruned_bytes: int  # the model as quantized, before any pruning (its first encoding)
 
     @property
     def codec(self) -> str:
@@ -103,7 +104,7 @@ def fit_to_limit(qm: QuantizedModel, hessians: dict[str, torch.Tensor] | None, *
     def result(e: EncodedArtifact, pruned: int, rounds: int) -> FitResult:
         total = code_bytes + len(e.blob)
         return FitResult(e, pruned, rounds, ByteAccount(code_bytes, len(e.blob), total, limit_bytes,
-                                                        limit_bytes - total))
+                                                        limit_bytes - total), base)
 
     if code_bytes + base <= limit_bytes:
         qm.meta["pruned_values"] = 0
